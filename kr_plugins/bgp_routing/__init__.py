@@ -1,0 +1,1 @@
+"""kr plugin bgp_routing: pod networking by BGP with GoBGP"""

@@ -1,0 +1,1 @@
+"""kr plugin ipvs_proxy: kube-router's IPVS service proxy"""

@@ -1,0 +1,1 @@
+"""kr plugin netpol_iptables: NetworkPolicy with iptables + ipset"""

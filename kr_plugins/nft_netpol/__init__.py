@@ -1,0 +1,1 @@
+"""kr plugin nft_netpol: NetworkPolicy on native nftables"""
