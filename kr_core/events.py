@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Generic, TypeVar
 
 from kr_core.model import KubeObject, Resource
@@ -11,7 +11,7 @@ from kr_core.model import KubeObject, Resource
 T = TypeVar("T", bound=KubeObject)
 
 
-class EventType(str, Enum):
+class EventType(StrEnum):
     ADDED = "ADDED"
     MODIFIED = "MODIFIED"
     DELETED = "DELETED"

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any, ClassVar
 
 JSON = dict[str, Any]
 
 
-class Resource(str, Enum):
+class Resource(StrEnum):
     """The resources kr can watch. The value is the Kubernetes ``kind``."""
 
     SERVICE = "Service"

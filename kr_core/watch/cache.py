@@ -200,7 +200,7 @@ class Caches:
         import time
 
         deadline = None if timeout is None else time.monotonic() + timeout
-        for r, s in self.stores.items():
+        for _r, s in self.stores.items():
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             s.synced.wait(left)
         return [r for r, s in self.stores.items() if not s.synced.is_set()]
