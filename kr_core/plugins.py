@@ -162,7 +162,7 @@ def select(discovered: list[Discovered], selection: Selection, settings: Setting
             elif d.info is not None and not d.info.default_enabled:
                 choices[d.name] = Choice(d, False, "alternative backend: enable it in plugins.enabled")
             else:
-                choices[d.name] = Choice(d, True, "enabled (installed)")
+                choices[d.name] = Choice(d, True, "installed")
 
     for flag, (role, pname) in BACKEND_FLAGS.items():
         if not settings[flag]:
