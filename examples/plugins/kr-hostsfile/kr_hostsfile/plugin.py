@@ -247,7 +247,7 @@ class HostsFile:
             except ValidationError as e:
                 err = e.errors()[0]
                 path = ".".join(str(p) for p in err["loc"])
-                raise PluginConfigError(f"{path}: {err['msg']}" if path else err["msg"], path) from None
+                raise PluginConfigError(err["msg"], path) from None
         self.ctx, self.config, self.path = ctx, cfg, Path(cfg.path)
         if ctx.metrics is not None:
             self._register_metrics(ctx.metrics)

@@ -74,6 +74,7 @@ def test_configure_validates_a_raw_section_itself(harness) -> None:  # type: ign
     with pytest.raises(PluginConfigError) as exc:
         harness.configure()
     assert exc.value.path == "path"
+    assert str(exc.value).startswith("Value error, must be an absolute path")
     harness.ctx.config = {"path": str(harness.path), "cluster_domain": "corp.example"}
     harness.configure()
     assert harness.instance.config.cluster_domain == "corp.example"
