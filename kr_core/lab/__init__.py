@@ -1,0 +1,1 @@
+"""Lab helpers: run code inside throw-away VMs and test topologies (see :mod:`kr_core.lab.vm`)."""
