@@ -73,6 +73,7 @@ class PluginWorker:
         self._cond = threading.Condition(threading.Lock())
         self._pending: dict[tuple[Resource, str], _Pending] = {}
         self._retry: dict[tuple[Resource, str], _Pending] = {}
+        self._inflight = 0  # events of the batch being delivered, not yet handed to the plugin
         self._calls: list[tuple[Callable[[], Any], Future]] = []
         self._sync_reason: str | None = None
         self._sync_due = 0.0
@@ -91,7 +92,7 @@ class PluginWorker:
         self._events_total = m.events_total.labels(plugin=self.name)
         self._failures = {h: m.hook_failures.labels(plugin=self.name, hook=h) for h in (*EVENT_HOOK.values(), "sync")}
         self._dropped = m.events_dropped.labels(plugin=self.name)
-        m.queue_depth.labels(plugin=self.name).set_function(lambda: len(self._pending) + len(self._retry))
+        m.queue_depth.labels(plugin=self.name).set_function(lambda: self.depth)
 
     # ------------------------------------------------------------------ producer side (any thread)
     def submit(self, event: Event, enqueued: float | None = None) -> None:
@@ -140,7 +141,7 @@ class PluginWorker:
 
     @property
     def depth(self) -> int:
-        return len(self._pending) + len(self._retry)
+        return len(self._pending) + len(self._retry) + self._inflight
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, initial_sync: bool = True) -> None:
@@ -231,7 +232,9 @@ class PluginWorker:
         observe = self._lat.observe
         perf = time.perf_counter
         n = 0
+        self._inflight = len(batch)
         for key, p in batch.items():
+            self._inflight -= 1
             try:
                 deliver(p.event)
             except Exception:
