@@ -114,9 +114,7 @@ QEMU_MODULE_BLACKLIST = (
     "aesni_intel,ghash_clmulni_intel,sha256_ssse3,sha512_ssse3,sha1_ssse3,crc32_pclmul,"
     "crct10dif_pclmul,polyval_clmulni,evdev,serio_raw,button,joydev,psmouse"
 )
-QEMU_INSTALL_HINT = (
-    "apt-get install linux-image-amd64 qemu-system-x86 busybox-static && pip install virtme-ng==1.42"
-)
+QEMU_INSTALL_HINT = "apt-get install linux-image-amd64 qemu-system-x86 busybox-static && pip install virtme-ng==1.42"
 
 
 class VmUnavailable(RuntimeError):
@@ -208,8 +206,7 @@ def _ensure_max_map_count(path: str = MAX_MAP_COUNT_FILE, wanted: int = MAX_MAP_
             log.warning("cannot raise vm.max_map_count (%s): %s", current, exc)
             return
     log.warning(
-        "vm.max_map_count is %d: UML guest processes die at ~250 MB RSS; "
-        "raise it with: sysctl -w vm.max_map_count=%d",
+        "vm.max_map_count is %d: UML guest processes die at ~250 MB RSS; raise it with: sysctl -w vm.max_map_count=%d",
         current,
         wanted,
     )
@@ -261,9 +258,7 @@ def _check_host_path(path: str, what: str) -> str:
     return path
 
 
-def guest_env(
-    env: Mapping[str, str] | None, *, kernel: str, out_dir: str, run_id: str
-) -> dict[str, str]:
+def guest_env(env: Mapping[str, str] | None, *, kernel: str, out_dir: str, run_id: str) -> dict[str, str]:
     """The environment the guest command gets (see the module docstring)."""
     base = dict(os.environ) if env is None else dict(env)
     if env is None:
@@ -289,9 +284,7 @@ def end_marker(run_id: str) -> str:
     return f"@@kr-vm {run_id} end@@"
 
 
-def run_script(
-    cmd: Sequence[str] | str, *, cwd: str, env: Mapping[str, str], rc_file: str, run_id: str
-) -> str:
+def run_script(cmd: Sequence[str] | str, *, cwd: str, env: Mapping[str, str], rc_file: str, run_id: str) -> str:
     """The bash script the guest runs: environment, markers, ``cd``, the command, its rc into ``rc_file``.
 
     A string ``cmd`` runs with ``bash -c``; a list is executed directly (via ``env --``, so a
@@ -337,9 +330,7 @@ def uml_init_script(*, script: str, rw_dirs: Sequence[str], legacy_iptables: boo
     for d in sorted(set(rw_dirs), key=lambda p: (p.count("/"), p)):
         lines.append(f"mount -t hostfs -o {q(d)} hostfs {q(d)} || echo 'kr-vm: cannot mount '{q(d)} read-write")
     if legacy_iptables:
-        lines.append(
-            f"[ -e {XTABLES_LEGACY} ] && [ -e {XTABLES_NFT} ] && mount --bind {XTABLES_LEGACY} {XTABLES_NFT}"
-        )
+        lines.append(f"[ -e {XTABLES_LEGACY} ] && [ -e {XTABLES_NFT} ] && mount --bind {XTABLES_LEGACY} {XTABLES_NFT}")
     lines += [
         "ip link set lo up",
         "hostname kr-vm",
@@ -376,9 +367,7 @@ def uml_command(*, uml: str, mem: str, init: str, run_id: str, uml_dir: str) -> 
     ]
 
 
-def qemu_command(
-    *, vng: str, kernel_image: str, mem: str, cpus: int, rw_dirs: Sequence[str], script: str
-) -> list[str]:
+def qemu_command(*, vng: str, kernel_image: str, mem: str, cpus: int, rw_dirs: Sequence[str], script: str) -> list[str]:
     """The host command line for virtme-ng on QEMU/TCG (recipe B of the VM notes)."""
     argv = [vng, "--run", kernel_image, "--disable-kvm", "--force-9p", "--memory", mem, "--cpus", str(cpus)]
     argv += [f"--rwdir={d}" for d in sorted(set(rw_dirs))]
