@@ -33,6 +33,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import urllib3
 from kubernetes.client import ApiClient
 
 from kr_core.events import Event, EventType
@@ -185,8 +186,9 @@ class Informer:
         #: the last resourceVersion seen (list, event or bookmark); "" before the first list
         self.resource_version = ""
         #: counters for tests and ``kr state`` (the Prometheus metrics hold the same numbers)
-        self.stats: dict[str, int] = {"lists": 0, "relists": 0, "watches": 0, "restarts": 0, "errors": 0,
-                                      "events": 0, "bookmarks": 0, "malformed": 0}
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("lists", "pages", "relists", "watches", "restarts", "errors", "events", "bookmarks", "malformed"), 0
+        )
         self._stop = threading.Event()
         self._resp_lock = threading.Lock()
         self._resp: Any = None  # the urllib3 response being read, closed by stop()
@@ -307,8 +309,12 @@ class Informer:
             "GET", self.api.path, query_params=query, header_params={"Accept": "application/json"},
             auth_settings=["BearerToken"],
         )
-        resp = c.rest_client.request(method, url, headers=headers, _request_timeout=(self.connect_timeout, read_timeout))
-        raw = resp.response
+        # Straight on the client's pool manager (its TLS and proxy settings), without urllib3's own retries:
+        # the informer has its backoff and must see every failure.
+        raw = c.rest_client.pool_manager.request(
+            method, url, headers=headers, timeout=urllib3.Timeout(connect=self.connect_timeout, read=read_timeout),
+            retries=False, preload_content=False,
+        )
         with self._resp_lock:
             self._resp = raw
         if self._stop.is_set():
@@ -369,6 +375,7 @@ class Informer:
             finally:
                 self._release(raw, clean)
             body = json.loads(data)
+            self.stats["pages"] += 1
             meta = body.get("metadata") or {}
             rv = str(meta.get("resourceVersion") or "")
             for item in body.get("items") or ():

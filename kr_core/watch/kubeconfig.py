@@ -58,6 +58,8 @@ def _override_host(cfg: Configuration, host: str) -> None:
     def refresh_keep_host(c: Configuration) -> None:
         hook(c)
         c.host = host
+        # the kubeconfig loader's hook re-installs itself on every call: put this one back
+        c.refresh_api_key_hook = refresh_keep_host
 
     cfg.refresh_api_key_hook = refresh_keep_host
 
