@@ -95,10 +95,11 @@ class PluginWorker:
         m.queue_depth.labels(plugin=self.name).set_function(lambda: self.depth)
 
     # ------------------------------------------------------------------ producer side (any thread)
-    def submit(self, event: Event, enqueued: float | None = None) -> None:
+    def submit(self, event: Event, enqueued: float | None = None, key: tuple[Resource, str] | None = None) -> None:
         """Queue an event (merging it into a pending one for the same object)."""
         t = time.perf_counter() if enqueued is None else enqueued
-        key = event.key
+        if key is None:
+            key = event.key
         with self._cond:
             r = self._retry.get(key)
             if r is not None:  # the object is failing: merge into its retry, keep its place and backoff
@@ -228,15 +229,18 @@ class PluginWorker:
             fut.set_exception(e)
 
     def _deliver(self, batch: dict[tuple[Resource, str], _Pending]) -> None:
-        deliver = self.caller.deliver
+        fns = {r: self.caller.event_function(r) for r in Resource}
         observe = self._lat.observe
         perf = time.perf_counter
         n = 0
         self._inflight = len(batch)
         for key, p in batch.items():
             self._inflight -= 1
+            ev = p.event
+            fn = fns[ev.resource]
             try:
-                deliver(p.event)
+                if fn is not None:
+                    fn(event=ev)
             except Exception:
                 self._failed(key, p)
                 continue
@@ -324,8 +328,9 @@ class Broadcaster:
     def publish(self, event: Event) -> None:
         """Queue ``event`` for every interested plugin. Never blocks on a plugin."""
         t = time.perf_counter()
+        key = event.key
         for w in self._routes[event.resource]:
-            w.submit(event, t)
+            w.submit(event, t, key)
 
     def stop(self, drain: bool = True, timeout: float = 30.0) -> None:
         for w in self.workers:

@@ -65,8 +65,11 @@ def sync(reason: str) -> None:
 
 @hookspec
 def health() -> HealthReport | None:
-    """Called on each ``/healthz`` check (every 5 s): return a :class:`HealthReport` to report a problem the
-    heartbeat cannot see (a daemon that died, a kernel feature missing), or ``None`` when healthy."""
+    """Called on the plugin's worker about every 5 s; ``/healthz`` reports the latest answer.
+
+    Return a :class:`HealthReport` to report a problem the heartbeat cannot see (a daemon that died, a kernel
+    feature missing), or ``None`` when healthy. Must be quick: it runs between events.
+    """
 
 
 @hookspec

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -231,7 +231,25 @@ class PluginCaller:
         self._callers = {h: host.pm.subset_hook_caller(h, others) for h in hookspecs.ALL_HOOKS}
         impl = {hc.name for hc in host.pm.get_hookcallers(instance) or ()}
         self.hooks: tuple[str, ...] = tuple(h for h in hookspecs.ALL_HOOKS if h in impl)
-        self._event_callers = {r: self._callers[h] for r, h in EVENT_HOOK.items() if h in impl}
+        self._event_callers: dict[Resource, Callable[..., Any]] = {}
+        for r, h in EVENT_HOOK.items():
+            if h in impl:
+                self._event_callers[r] = self._event_fast_path(host, h, instance) or self._callers[h]
+
+    @staticmethod
+    def _event_fast_path(host: PluginHost, hook: str, instance: object) -> Callable[..., Any] | None:
+        """The plugin's own implementation of an event hook, as pluggy resolved it, to call directly.
+
+        A pluggy subset-caller costs ~2.3 µs per call against ~0.06 µs for the function itself, and event
+        hooks are the hot path (100k events at start-up, bursts on churn). Each plugin has exactly one
+        implementation per hook; when it is a wrapper, the subset caller is used instead.
+        """
+        for hi in getattr(host.pm.hook, hook).get_hookimpls():
+            if hi.plugin is instance:
+                if hi.wrapper or hi.hookwrapper:
+                    return None
+                return hi.function
+        return None
 
     def implements(self, hook: str) -> bool:
         return hook in self.hooks
@@ -264,6 +282,10 @@ class PluginCaller:
         c = self._event_callers.get(event.resource)
         if c is not None:
             c(event=event)
+
+    def event_function(self, resource: Resource) -> Callable[..., Any] | None:
+        """The callable delivering ``resource`` events (``fn(event=...)``), or ``None`` if not implemented."""
+        return self._event_callers.get(resource)
 
 
 class PluginHost:

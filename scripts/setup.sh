@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Set up a kr development/test machine (Debian 12, as root): the system tools the dataplanes and the lab use,
+# and a virtualenv at .venv with the core, every plugin and the example third-party plugin installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(
+  iproute2 iptables ipset nftables libnftables1 conntrack kmod iputils-ping   # dataplane tools
+  user-mode-linux ipvsadm                                                     # the VM for IPVS/ipip/dummy
+  gobgpd bird2                                                                # BGP daemons (routing, lab ext router)
+  python3-venv
+)
+missing=()
+for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -r requirements-dev.txt
+echo "setup: done ($(.venv/bin/kr --version))"
