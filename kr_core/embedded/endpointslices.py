@@ -15,6 +15,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from typing import Any
 
 from kr_core.embedded import errors
@@ -26,6 +27,7 @@ from kr_core.embedded.store import Event, Store
 log = logging.getLogger(__name__)
 
 MAX_ENDPOINTS = 100
+COALESCE = 0.02  # seconds
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
 CONTROLLER_NAME = "endpointslice-controller.k8s.io"
@@ -110,6 +112,7 @@ class EndpointSliceController:
             ev = self._queue.get()
             if ev is None:
                 return
+            time.sleep(COALESCE)  # let a burst of changes pile up, then reconcile each service once
             batch = [ev]
             try:
                 while len(batch) < 10000:
