@@ -194,6 +194,7 @@ class Informer:
         self._resp: Any = None  # the urllib3 response being read, closed by stop()
         self._thread: threading.Thread | None = None
         self._started_at = 0.0
+        self._just_listed = False  # no watch event since the last list
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -246,17 +247,24 @@ class Informer:
         relist = False
         log.info("informer %s: starting (%s%s)", name, self.api_client.configuration.host, self.api.path)
         while not self._stop.is_set():
+            delay = 0.0
             try:
                 if need_list:
                     self._list_into_store(relist)
                     need_list = relist = False
-                    self.backoff.reset()
+                    self._just_listed = True
                 self.before_watch()
                 if self._stop.is_set():
                     break
-                self._watch()
-                # the stream ended normally: re-watch at once
+                got_any, secs = self._watch()
+                # the stream ended normally (the server's timeout): re-watch at once, unless the server ends
+                # streams as soon as they open, which must not become a busy loop
                 self._count_restart("closed")
+                if got_any or secs >= 1.0:
+                    self.backoff.reset()
+                else:
+                    delay = self.backoff.next()
+                    log.info("informer %s: watch closed at once, without events; waiting %.1fs", name, delay)
             except _Stopped:
                 break
             except _Expired as e:
@@ -266,6 +274,8 @@ class Informer:
                 self.stats["relists"] += 1
                 if self.metrics is not None:
                     self.metrics.relists.labels(name).inc()
+                if self._just_listed:  # expired right after a list: the server is confused, do not hammer it
+                    delay = self.backoff.next()
                 need_list = relist = True
             except Exception as e:  # noqa: BLE001 - connection errors, server errors, surprises: retry
                 if self._stop.is_set():
@@ -278,12 +288,13 @@ class Informer:
                 else:
                     msg = f"{type(e).__name__}: {e}"
                 delay = self.backoff.next()
-                what = "list" if need_list else f"watch from resourceVersion {self.resource_version}"
-                log.warning("informer %s: %s failed (%s); retrying in %.1fs", name, what, msg, delay)
-                if not need_list:
+                what = "list" if need_list and not relist else f"watch from resourceVersion {self.resource_version}"
+                then = "re-listing" if relist else "retrying"
+                log.warning("informer %s: %s failed (%s); %s in %.1fs", name, what, msg, then, delay)
+                if not need_list or relist:
                     self._count_restart("error")
-                if self._stop.wait(delay):
-                    break
+            if delay and self._stop.wait(delay):
+                break
         log.info("informer %s: stopped at resourceVersion %s", name, self.resource_version)
 
     def _count_restart(self, reason: str) -> None:
@@ -409,7 +420,8 @@ class Informer:
             self._emit(ev)
 
     # ------------------------------------------------------------------ watch
-    def _watch(self) -> None:
+    def _watch(self) -> tuple[bool, float]:
+        """One watch stream, to its end; return (whether any event arrived, seconds it lasted)."""
         q = self._query(
             [
                 ("watch", "true"),
@@ -419,27 +431,27 @@ class Informer:
             ]
         )
         self.stats["watches"] += 1
+        t0 = time.monotonic()
         # the read timeout only catches a dead connection: the server closes the stream after timeoutSeconds
         raw = self._open(q, read_timeout=self.timeout_seconds + 30.0)
         clean = False
+        got_any = False
         try:
             if raw.status != 200:
                 code, body = self._read_error(raw)
                 clean = True
                 if code == 410:
                     raise _Expired(f"HTTP 410: {_status_message(body)}")
-                raise _WatchError(f"watch: HTTP {code}: {_status_message(body)}")
-            got_any = False
+                raise _WatchError(f"watch: HTTP {code}: {_status_message(body)}", relist=_too_large(body))
             for line in self._lines(raw):
                 got_any = True
                 self._handle_line(line)
                 if self._stop.is_set():
                     raise _Stopped()
             clean = True
-            if got_any:
-                self.backoff.reset()
         finally:
             self._release(raw, clean)
+        return got_any, time.monotonic() - t0
 
     def _read_all(self, raw: Any) -> bytes:
         try:
@@ -486,6 +498,7 @@ class Informer:
         if self.metrics is not None:
             self.metrics.events.labels(name, str(etype)).inc()
         if etype == "BOOKMARK":
+            self._just_listed = False
             rv = _rv_of(obj)
             if rv:
                 self.resource_version = rv
@@ -496,7 +509,7 @@ class Informer:
             msg = _status_message(obj)
             if code == 410 or (isinstance(obj, dict) and obj.get("reason") in ("Expired", "Gone")):
                 raise _Expired(f"ERROR event: {msg}")
-            if code in _TRANSIENT_CODES:
+            if code in _TRANSIENT_CODES and not _too_large(obj):
                 raise _WatchError(f"watch ERROR event {code}: {msg}")
             raise _WatchError(f"watch ERROR event {code}: {msg}", relist=True)
         mtype = _MUTATIONS.get(etype)
@@ -504,6 +517,7 @@ class Informer:
             log.warning("informer %s: skipping watch event of unknown type %r (%s)", name, etype, _ident(obj))
             return
         self.stats["events"] += 1
+        self._just_listed = False
         o = self._decode(obj, etype)
         rv = _rv_of(obj)
         if o is not None:
@@ -546,6 +560,17 @@ class Informer:
             self.sink(ev)
         except Exception:  # noqa: BLE001 - a broken sink must not stop the watch
             log.exception("informer %s: event sink failed on %s", self.resource.value, ev)
+
+
+def _too_large(status: Any) -> bool:
+    """A "Too large resource version" Status: the server is behind the version we hold (it restarted with
+    older data, or we talk to a lagging replica); only a fresh list resynchronises."""
+    if not isinstance(status, dict):
+        return False
+    causes = (status.get("details") or {}).get("causes") or ()
+    if any(isinstance(c, dict) and c.get("reason") == "ResourceVersionTooLarge" for c in causes):
+        return True
+    return "too large resource version" in str(status.get("message", "")).lower()
 
 
 def _rv_of(obj: Any) -> str:

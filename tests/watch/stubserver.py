@@ -14,6 +14,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -62,6 +63,8 @@ class StubApiServer:
         self.bookmark_interval = bookmark_interval
         self.gone_as_http = gone_as_http
         self.requests: list[str] = []
+        #: if set, called with the watch query; a list of raw lines is sent instead of the real stream
+        self.watch_override: Callable[[dict[str, str]], list[bytes] | None] | None = None
         self._srv: ThreadingHTTPServer | None = None
         self._closing = threading.Event()
 
@@ -195,6 +198,18 @@ class _Handler(BaseHTTPRequestHandler):
         since = int(q.get("resourceVersion") or 0)
         timeout = float(q.get("timeoutSeconds") or 1800)
         bookmarks = q.get("allowWatchBookmarks") == "true"
+        override = stub.watch_override(q) if stub.watch_override is not None else None
+        if override is not None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for line in override:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(line) + 1, line + b"\n"))
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+            self.close_connection = True
+            return
         with st.lock:
             too_old = since < st.compacted
         if too_old and stub.gone_as_http:

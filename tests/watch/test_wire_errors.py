@@ -3,8 +3,10 @@ malformed objects in lists and watch streams, and 410 Gone as the HTTP status of
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -85,3 +87,51 @@ def test_410_both_forms(cleanup: Any, as_http: bool) -> None:
     inf.gate.set()
     wait_until(lambda: inf.stats["relists"] == 1 and inf.store.get(f"{NS}/b"), what="relist after 410")
     assert sorted((e.type.value, e.key[1]) for e in events) == [("ADDED", f"{NS}/b"), ("DELETED", f"{NS}/a")]
+
+
+def test_garbage_lines_and_unknown_types_are_skipped(stub: Any, cleanup: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="kr_core.watch.informer")
+    good = service("after-garbage")
+    good["metadata"]["resourceVersion"] = "100"
+    sent: list[int] = []
+
+    def script(q: dict[str, str]) -> list[bytes] | None:
+        if sent:
+            return None  # later watches: the real stream
+        sent.append(1)
+        return [b"{not json", b'{"type": "WHATEVER", "object": {"metadata": {"name": "odd", "namespace": "x"}}}',
+                json.dumps({"type": "ADDED", "object": good}).encode()]
+
+    stub.watch_override = script
+    inf, events = _start(stub, cleanup)
+    wait_until(lambda: inf.store.get(f"{NS}/after-garbage"), what="the valid event after the garbage")
+    assert [e.key[1] for e in events] == [f"{NS}/after-garbage"]
+    assert "undecodable watch line" in caplog.text and "unknown type 'WHATEVER' (x/odd)" in caplog.text
+    assert inf.alive
+
+
+def test_too_large_resource_version_relists(stub: Any, cleanup: Any) -> None:
+    stub.write("services", "ADDED", service("a"))
+    answered: list[int] = []
+
+    def script(q: dict[str, str]) -> list[bytes] | None:
+        if answered:
+            return None
+        answered.append(1)
+        status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 504, "reason": "Timeout",
+                  "message": "Too large resource version: 999, current: 101",
+                  "details": {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large"}]}}
+        return [json.dumps({"type": "ERROR", "object": status}).encode()]
+
+    stub.watch_override = script
+    inf, _ = _start(stub, cleanup, backoff_initial=0.01)
+    wait_until(lambda: inf.stats["lists"] >= 2, what="a re-list after 'too large resource version'")
+    assert inf.stats["relists"] == 0  # that counter is for 410s
+
+
+def test_watch_that_closes_at_once_is_not_a_busy_loop(stub: Any, cleanup: Any) -> None:
+    stub.watch_override = lambda q: []  # every watch: 200, no events, closed
+    inf, _ = _start(stub, cleanup, backoff_initial=0.1, backoff_max=0.4)
+    assert inf.store.synced.wait(10)
+    time.sleep(1.5)
+    assert 2 <= inf.stats["watches"] <= 12, inf.stats
