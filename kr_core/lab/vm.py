@@ -172,14 +172,16 @@ def vm_available(kernel: str = "uml") -> str | None:
             return f"{UML_MODULES} is missing: apt-get install --reinstall user-mode-linux"
         if not os.path.isdir(HOST_MODULES) and os.geteuid() != 0:
             return f"{HOST_MODULES} is missing (mount point for the UML modules): run as root or mkdir {HOST_MODULES}"
-        if not os.access("/dev/shm", os.W_OK | os.X_OK):
-            return "/dev/shm is not writable (UML keeps guest memory there)"
+        if not os.access("/dev/shm", os.W_OK | os.X_OK) or os.statvfs("/dev/shm").f_flag & os.ST_NOEXEC:
+            return "/dev/shm must be writable and not noexec (UML keeps guest memory there)"
         return None
     if kernel == "qemu":
         if _find_vng() is None:
             return f"virtme-ng (vng) not found: {QEMU_INSTALL_HINT}"
         if shutil.which("qemu-system-x86_64") is None:
             return f"qemu-system-x86_64 not found: {QEMU_INSTALL_HINT}"
+        if shutil.which("busybox") is None:
+            return f"busybox not found (virtme-ng builds its initramfs with it): {QEMU_INSTALL_HINT}"
         if _find_qemu_kernel() is None:
             return f"no /boot/vmlinuz-* with matching /lib/modules: {QEMU_INSTALL_HINT}"
         return None

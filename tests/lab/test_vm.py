@@ -6,11 +6,14 @@ when already inside a lab VM (no nesting). In CI they run as root with UML insta
 
 from __future__ import annotations
 
+import glob
 import io
 import lzma
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -154,13 +157,29 @@ def test_timeout_kills_the_vm() -> None:
     run_id = f"krvm-timeout-{os.getpid()}-{int(time.time())}"
     stream = TimedStream()
     t0 = time.monotonic()
-    rc = run_in_vm("echo started; sleep 120", stream=stream, timeout=8, run_id=run_id)
+    rc = run_in_vm("echo started; sleep 120", stream=stream, timeout=6, run_id=run_id)
     elapsed = time.monotonic() - t0
     assert rc == RC_TIMEOUT != 0
     assert elapsed < 20
     assert "timed out" in stream.getvalue()
     left = subprocess.run(["pgrep", "-f", f"umid={run_id}"], capture_output=True, text=True)
     assert left.returncode == 1 and not left.stdout, f"leftover linux.uml processes: {left.stdout}"
+
+
+@needs_uml
+def test_keyboard_interrupt_kills_the_vm() -> None:
+    run_id = f"krvm-sigint-{os.getpid()}-{int(time.time())}"
+    stream = TimedStream()
+    timer = threading.Timer(5.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_in_vm("echo started; sleep 120", stream=stream, timeout=60, run_id=run_id)
+    finally:
+        timer.cancel()
+    left = subprocess.run(["pgrep", "-f", f"umid={run_id}"], capture_output=True, text=True)
+    assert left.returncode == 1 and not left.stdout, f"leftover linux.uml processes: {left.stdout}"
+    assert not glob.glob(os.path.join(tempfile.gettempdir(), f"{run_id}.*")), "per-run directory left behind"
 
 
 @needs_uml
