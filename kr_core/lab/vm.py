@@ -23,7 +23,9 @@ these hosts, so it is always ``--disable-kvm``). Use it when nftables ip/inet is
 What the guest sees
 -------------------
 * The whole host file system, read-only, at the same paths; ``cwd`` (default: the caller's
-  working directory) is kept, so a venv's ``python`` works as it is.
+  working directory) is kept, so a venv's ``python`` works as it is. ``/proc``, ``/sys``,
+  ``/dev`` and ``/run`` are the guest's own, so ``cwd``, ``out_dir`` and ``rw_dirs`` must not
+  lie there (nor contain whitespace or ``,``).
 * Writable: a tmpfs ``/run`` (``TMPDIR=/run/tmp``, ``HOME=/run/tmp``; QEMU: ``/tmp``), the per-run
   results directory (``out_dir``, exported as ``KR_VM_OUT``) and every directory in ``rw_dirs``;
   these are the host's directories, so files written there come back.
@@ -253,10 +255,24 @@ def _uncompressed_vmlinux(image: str, ver: str) -> str:
 # --------------------------------------------------------------------------- guest scripts
 
 
+# The guest mounts its own file systems here, hiding the host's.
+_GUEST_OWN = ("/proc", "/sys", "/dev", "/run")
+
+
+def _shareable(path: str) -> bool:
+    return not (any(c.isspace() for c in path) or "," in path or any(_is_under(path, p) for p in _GUEST_OWN))
+
+
+def _is_under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top + "/")
+
+
 def _check_host_path(path: str, what: str) -> str:
     path = os.path.abspath(path)
-    if any(c.isspace() for c in path) or "," in path:
-        raise ValueError(f"{what} {path!r}: paths with whitespace or ',' cannot be shared with the VM")
+    if not _shareable(path):
+        raise ValueError(
+            f"{what} {path!r}: cannot be shared with the VM (whitespace, ',' or under {', '.join(_GUEST_OWN)})"
+        )
     return path
 
 
@@ -550,24 +566,25 @@ def run_in_vm(
         raise ValueError(f"run_id {run_id!r}: use letters, digits, '_', '.', '-'")
     out_stream: IO[str] | None = sys.stdout if isinstance(stream, _StdoutDefault) else stream
     guest_cwd = _check_host_path(os.fspath(cwd) if cwd is not None else os.getcwd(), "cwd")
+    given_out = None if out_dir is None else _check_host_path(os.fspath(out_dir), "out_dir")
     extra = [_check_host_path(os.fspath(d), "rw dir") for d in rw_dirs]
     for d in extra:
         if not os.path.isdir(d):
             raise ValueError(f"rw dir {d!r} does not exist")
 
     base = tempfile.gettempdir()
-    if any(c.isspace() for c in base) or "," in base:
+    if not _shareable(os.path.abspath(base)):
         base = "/tmp"
     run_dir = tempfile.mkdtemp(prefix=f"{run_id}.", dir=base)
     keep = os.environ.get("KR_VM_KEEP") == "1"
     try:
         ctl = os.path.join(run_dir, "ctl")  # shared read-write: exit code
         os.mkdir(ctl)
-        if out_dir is None:
+        if given_out is None:
             guest_out = os.path.join(run_dir, "out")
             os.mkdir(guest_out)
         else:
-            guest_out = _check_host_path(os.fspath(out_dir), "out_dir")
+            guest_out = given_out
             os.makedirs(guest_out, exist_ok=True)
         rc_file = os.path.join(ctl, "rc")
         script = os.path.join(run_dir, "run.sh")

@@ -328,8 +328,10 @@ def test_bad_arguments(tmp_path: Path) -> None:
         pytest.skip("argument checks run after the availability check")
     with pytest.raises(ValueError, match="run_id"):
         run_in_vm(["true"], run_id="bad id")
-    with pytest.raises(ValueError, match="whitespace"):
+    with pytest.raises(ValueError, match="cannot be shared"):
         run_in_vm(["true"], cwd=str(tmp_path / "a b"))
+    with pytest.raises(ValueError, match="cannot be shared"):
+        run_in_vm(["true"], out_dir="/run/kr-vm-test")
     with pytest.raises(ValueError, match="does not exist"):
         run_in_vm(["true"], rw_dirs=[tmp_path / "missing"])
 
