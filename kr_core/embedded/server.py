@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from kr_core.embedded import errors, resources
+from kr_core.embedded import errors, protobuf, resources
 from kr_core.embedded.alloc import Allocator, parse_ranges
 from kr_core.embedded.discovery import openapi_v2, openapi_v3_group, openapi_v3_root
 from kr_core.embedded.endpointslices import EndpointSliceController
@@ -130,6 +130,8 @@ class Handler(BaseHTTPRequestHandler):
         if not raw.strip():
             return None
         ctype = (self.headers.get("Content-Type") or "application/json").split(";")[0].strip()
+        if ctype == "application/vnd.kubernetes.protobuf":
+            return protobuf.decode_body(raw)
         try:
             if ctype in ("application/yaml", "application/apply-patch+yaml"):
                 return yaml.safe_load(raw)
