@@ -10,6 +10,7 @@ import glob
 import io
 import lzma
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -339,3 +340,34 @@ def test_bad_arguments(tmp_path: Path) -> None:
 def test_version_key() -> None:
     versions = ["6.1.0-9-amd64", "6.1.0-56-amd64", "6.1.0-10-amd64"]
     assert max(versions, key=vm._version_key) == "6.1.0-56-amd64"
+
+
+def test_qemu_path_with_a_fake_vng(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The QEMU code path end to end, with a stand-in ``vng`` that runs ``--exec`` on the host."""
+    fake = tmp_path / "bin" / "vng"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/bash\n"
+        'echo "$@" > "$(dirname "$0")/args"\n'
+        'echo "vng boot noise"\n'
+        'while [ $# -gt 0 ]; do if [ "$1" = --exec ]; then bash -c "$2"; exit $?; fi; shift; done\n'
+        "exit 99\n"
+    )
+    fake.chmod(0o755)
+    image = tmp_path / "vmlinuz-6.1.0-99-amd64"
+    image.write_bytes(b"not really a kernel")
+    real_which = shutil.which
+    monkeypatch.setattr(vm, "_find_vng", lambda: str(fake))
+    monkeypatch.setattr(vm, "_find_qemu_kernel", lambda: (str(image), "6.1.0-99-amd64"))
+    monkeypatch.setattr(vm.shutil, "which", lambda name: f"/usr/bin/{name}" if name != "vng" else real_which(name))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out_dir = tmp_path / "out"
+    rc, out = run(
+        'echo "in $KR_VM_KERNEL tmp=$TMPDIR"; echo $PATH > "$KR_VM_OUT/path"; exit 4', kernel="qemu", out_dir=out_dir
+    )
+    assert rc == 4
+    assert out == "in qemu tmp=/tmp\n"  # vng's own output is hidden
+    assert (out_dir / "path").read_text().startswith(os.environ["PATH"])
+    args = (fake.parent / "args").read_text()
+    assert args.startswith(f"--run {image} --disable-kvm --force-9p --memory 2G --cpus 2 ")
+    assert f"--rwdir={out_dir}" in args
