@@ -155,32 +155,32 @@ class Registry:
              field_selector: str | None = None, limit: int | None = None,
              continue_token: str | None = None) -> dict[str, Any]:
         pred = _filter(res, label_selector, field_selector)
-        items, rv = self.store.list(res.kind, namespace if res.namespaced else None)
         start: tuple[str, str] | None = None
+        tok_rv: int | None = None
         if continue_token:
             try:
                 tok = json.loads(base64.urlsafe_b64decode(continue_token.encode()))
-                start = (tok["ns"], tok["name"])
-                rv = int(tok["rv"])
+                start = (str(tok["ns"]), str(tok["name"]))
+                tok_rv = int(tok["rv"])
             except (ValueError, KeyError, TypeError) as e:
                 raise errors.bad_request("continue key is not valid: " + str(e)) from e
+        items, rv = self.store.list(res.kind, namespace if res.namespaced else None, copy_items=False, after=start)
+        if tok_rv is not None:
+            rv = tok_rv
         out: list[dict[str, Any]] = []
         meta: dict[str, Any] = {"resourceVersion": str(rv)}
         for i, obj in enumerate(items):
-            m = obj["metadata"]
-            key = (m.get("namespace", ""), m["name"])
-            if start is not None and key <= start:
-                continue
             if not pred(obj):
                 continue
             if limit and len(out) >= limit:
-                rest = sum(1 for o in items[i:] if pred(o))
                 last = out[-1]["metadata"]
                 tok = {"rv": rv, "ns": last.get("namespace", ""), "name": last["name"]}
                 meta["continue"] = base64.urlsafe_b64encode(json.dumps(tok).encode()).decode()
-                meta["remainingItemCount"] = rest
+                if not label_selector and not field_selector:  # as the real server: only without selectors
+                    meta["remainingItemCount"] = len(items) - i
                 break
             out.append(obj)
+        # The items are the store's own dicts: callers serialise them and must not modify them.
         return {"kind": res.list_kind, "apiVersion": res.api_version, "metadata": meta, "items": out}
 
     def _finish_update(self, res: Resource, old: dict[str, Any], obj: dict[str, Any],

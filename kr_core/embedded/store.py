@@ -8,6 +8,7 @@ get every later event; the history ring lets a watch resume from an older resour
 
 from __future__ import annotations
 
+import bisect
 import copy
 import json
 import queue
@@ -93,6 +94,7 @@ class Store:
             self._ring.append(Event(rv, typ, kind, ns, name, json.loads(js)))
         # Events after _floor are all in the ring; a watch from an older version is expired.
         self._floor = (self._ring[0].rv - 1) if self._ring else self._rv
+        self._sorted: dict[str, list[tuple[str, str]] | None] = {}  # sorted keys per kind, rebuilt lazily
         self._watchers: dict[str, set[Watcher]] = {}
         self._listeners: list[Callable[[Event], None]] = []
         self._writes = 0
@@ -109,13 +111,27 @@ class Store:
             obj = self._objects.get(kind, {}).get((namespace, name))
             return copy.deepcopy(obj) if obj is not None else None
 
-    def list(self, kind: str, namespace: str | None = None) -> tuple[list[dict[str, Any]], int]:
-        """All objects of ``kind`` (in ``namespace`` if given), sorted by (namespace, name), and the
-        current resourceVersion."""
+    def list(self, kind: str, namespace: str | None = None, copy_items: bool = True,
+             after: tuple[str, str] | None = None) -> tuple[list[dict[str, Any]], int]:
+        """Objects of ``kind`` (in ``namespace`` if given; only those whose (namespace, name) key sorts
+        after ``after`` if given), sorted by (namespace, name), and the current resourceVersion. With
+        ``copy_items`` False the items are the stored dicts themselves (never mutated by the store, which
+        replaces them on write): the caller must not modify them."""
         with self._lock:
             objs = self._objects.get(kind, {})
-            keys = sorted(k for k in objs if namespace is None or k[0] == namespace)
-            return [copy.deepcopy(objs[k]) for k in keys], self._rv
+            keys = self._sorted.get(kind)
+            if keys is None:
+                keys = self._sorted[kind] = sorted(objs)
+            lo, hi = 0, len(keys)
+            if namespace is not None:
+                lo = bisect.bisect_left(keys, (namespace, ""))
+                hi = bisect.bisect_left(keys, (namespace + "\x00", ""))
+            if after is not None:
+                lo = max(lo, bisect.bisect_right(keys, after))
+            sel = keys[lo:hi]
+            if not copy_items:
+                return [objs[k] for k in sel], self._rv
+            return [copy.deepcopy(objs[k]) for k in sel], self._rv
 
     def iter_raw(self, kind: str) -> Iterator[dict[str, Any]]:
         """Objects of ``kind`` without copying (caller must not modify; hold no expectations of
@@ -147,6 +163,8 @@ class Store:
             self._record(rv, event_type, kind, ns, name, js)
             self._db.execute("COMMIT")
             stored = json.loads(js)
+            if old is None:
+                self._sorted[kind] = None
             self._objects.setdefault(kind, {})[(ns, name)] = stored
             self._publish(Event(rv, event_type, kind, ns, name, stored, old))
             return copy.deepcopy(stored)
@@ -157,6 +175,7 @@ class Store:
             obj = self._objects.get(kind, {}).pop((namespace, name), None)
             if obj is None:
                 return None
+            self._sorted[kind] = None
             obj = copy.deepcopy(obj)
             rv = self._next_rv()
             obj["metadata"]["resourceVersion"] = str(rv)

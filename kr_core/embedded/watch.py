@@ -54,7 +54,7 @@ def stream(store: Store, res: Resource, pred: Predicate, resource_version: str |
         snapshot: list[dict[str, Any]] = []
         last_rv = store.resource_version
         if initial and expired is None:
-            snapshot, last_rv = store.list(res.kind)
+            snapshot, last_rv = store.list(res.kind, copy_items=False)
             backlog = []
     if expired is not None:
         return iter([{"type": "ERROR", "object": errors.expired(expired).status()}])
