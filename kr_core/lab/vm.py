@@ -167,6 +167,8 @@ def _find_qemu_kernel() -> tuple[str, str] | None:
 
 def vm_available(kernel: str = "uml") -> str | None:
     """Return None when ``run_in_vm(..., kernel=kernel)`` can run here, else a one-line reason."""
+    if os.environ.get("KR_IN_VM") == "1":
+        return "already inside a lab VM (KR_IN_VM=1); VMs do not nest"
     if kernel == "uml":
         if _find_uml() is None:
             return "install user-mode-linux: apt-get install user-mode-linux"

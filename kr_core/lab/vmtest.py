@@ -138,6 +138,8 @@ class VmTestsItem(pytest.Item):
         extra = ["-rfEs", "--color=no"]
         if config.option.verbose > 0:
             extra.append("-v")
+        if config.option.maxfail:
+            extra.append(f"--maxfail={config.option.maxfail}")
         if config.inipath is not None:
             extra += ["-c", str(config.inipath)]
         extra.append(f"--rootdir={config.rootpath}")

@@ -221,6 +221,7 @@ def test_cli_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_vm_available_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KR_IN_VM", raising=False)
     assert "unknown kernel" in (vm_available("xen") or "")
     monkeypatch.setattr(vm, "_find_uml", lambda: None)
     assert vm_available("uml") == "install user-mode-linux: apt-get install user-mode-linux"
@@ -229,6 +230,8 @@ def test_vm_available_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "virtme-ng" in reason and "linux-image-amd64 qemu-system-x86 busybox-static" in reason
     with pytest.raises(vm.VmUnavailable, match="user-mode-linux"):
         run_in_vm(["true"])
+    monkeypatch.setenv("KR_IN_VM", "1")
+    assert "do not nest" in (vm_available("uml") or "")
 
 
 def test_guest_env() -> None:
