@@ -19,6 +19,8 @@ the guest bind-mounts ``xtables-legacy-multi`` over ``xtables-nft-multi``, so pl
 virtme-ng (``vng``, ``pip install virtme-ng==1.42``). It has everything, nftables included,
 but boots in about 16 s and runs Python about 10x slower than UML (KVM does not work on
 these hosts, so it is always ``--disable-kvm``). Use it when nftables ip/inet is needed.
+virtme-ng puts guest-only tmpfs/overlays on ``/tmp``, ``/etc``, ``/var``, ...: files the
+host has under ``/tmp`` may not be visible there unless passed in ``rw_dirs``.
 
 What the guest sees
 -------------------
@@ -580,7 +582,9 @@ def run_in_vm(
     run_dir = tempfile.mkdtemp(prefix=f"{run_id}.", dir=base)
     keep = os.environ.get("KR_VM_KEEP") == "1"
     try:
-        ctl = os.path.join(run_dir, "ctl")  # shared read-write: exit code
+        # shared read-write with the guest: the guest script and its exit code (virtme-ng may
+        # hide the host's /tmp under a guest tmpfs, so the script must be in a shared dir)
+        ctl = os.path.join(run_dir, "ctl")
         os.mkdir(ctl)
         if given_out is None:
             guest_out = os.path.join(run_dir, "out")
@@ -589,7 +593,7 @@ def run_in_vm(
             guest_out = given_out
             os.makedirs(guest_out, exist_ok=True)
         rc_file = os.path.join(ctl, "rc")
-        script = os.path.join(run_dir, "run.sh")
+        script = os.path.join(ctl, "run.sh")
         genv = guest_env(env, kernel=kernel, out_dir=guest_out, run_id=run_id)
         Path(script).write_text(run_script(cmd, cwd=guest_cwd, env=genv, rc_file=rc_file, run_id=run_id))
         shared = [ctl, guest_out, *extra]
