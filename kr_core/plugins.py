@@ -246,7 +246,7 @@ class PluginCaller:
         """
         for hi in getattr(host.pm.hook, hook).get_hookimpls():
             if hi.plugin is instance:
-                if hi.wrapper or hi.hookwrapper:
+                if hi.wrapper or hi.hookwrapper or tuple(hi.argnames) != ("event",):
                     return None
                 return hi.function
         return None
