@@ -1,0 +1,31 @@
+"""Helpers every dataplane plugin shares: namespaces, iptables, ipset, nftables, sysctls, links/routes.
+
+Each module has one job; the pure renderers (:func:`render_restore`, :func:`render_sync`,
+:func:`render_members`, :func:`encode_route`) are separate from the thin parts that talk to the kernel.
+"""
+
+from . import ipset, iptables, links, netns, nft, sysctl
+from .ipset import IpSet, IpsetError, IpsetRunner, render_members, render_sync, set_name, temp_name
+from .iptables import (
+    Family,
+    Iptables,
+    IptablesError,
+    Mode,
+    choose_mode,
+    clean_comment,
+    detect_mode,
+    iptc_read_chains,
+    render_restore,
+    save_stats,
+)
+from .links import BatchResult, LinkError, Route, apply_routes, encode_route, ensure_bridge, ensure_veth
+from .netns import call_in, in_netns
+from .nft import Nft, NftError
+
+__all__ = [
+    "BatchResult", "Family", "IpSet", "IpsetError", "IpsetRunner", "Iptables", "IptablesError", "LinkError",
+    "Mode", "Nft", "NftError", "Route", "apply_routes", "call_in", "choose_mode", "clean_comment",
+    "detect_mode", "encode_route", "ensure_bridge", "ensure_veth", "in_netns", "iptc_read_chains", "ipset",
+    "iptables", "links", "netns", "nft", "render_members", "render_restore", "render_sync", "save_stats",
+    "set_name", "sysctl", "temp_name",
+]
