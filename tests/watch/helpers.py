@@ -125,17 +125,18 @@ _stub_states: dict[str, StubState] = {}
 
 def new_server(
     data_path: str | None = None, port: int = 0, history: int = 10000, bookmark_interval: float = 1.0,
-    stub: bool = False,
+    stub: bool = False, token: str | None = None,
 ) -> Any:
     """An API server on 127.0.0.1, started: the embedded ApiServer, or the test stub when ``stub``."""
     if stub or USE_STUB:
+        assert token is None, "the stub has no authentication"
         state = _stub_states.setdefault(data_path, StubState(history)) if data_path else None
         srv: Any = StubApiServer(port=port, history=history, bookmark_interval=bookmark_interval, state=state)
     else:
         from kr_core.embedded import ApiServer
 
         srv = ApiServer(data_path=data_path, host="127.0.0.1", port=port, history=history,
-                        bookmark_interval=bookmark_interval, token=None)
+                        bookmark_interval=bookmark_interval, token=token)
     srv.start()
     return srv
 

@@ -13,7 +13,7 @@ from kr_core.watch.cache import Store
 from kr_core.watch.informer import Informer
 from kr_core.watch.kubeconfig import KubeConfigError, load_api_client, load_configuration
 
-from .helpers import Api, service
+from .helpers import USE_STUB, Api, service, wait_until
 
 
 def _kubeconfig(path: Path, server: str, token: str | None = None) -> str:
@@ -108,3 +108,21 @@ def test_missing_or_broken_kubeconfig(tmp_path: Path) -> None:
     bad.write_text("apiVersion: v1\nkind: Config\ncurrent-context: missing\ncontexts: []\n")
     with pytest.raises(KubeConfigError, match="cannot load kubeconfig"):
         load_configuration(kubeconfig=str(bad), **NO_POD)
+
+
+@pytest.mark.skipif(USE_STUB, reason="the stub has no authentication")
+def test_bearer_token_from_kubeconfig(make_server: Any, cleanup: Any, tmp_path: Path) -> None:
+    srv = make_server(token="s3cret")
+    good = str(tmp_path / "good")
+    srv.write_kubeconfig(good)
+    inf = cleanup(Informer(cleanup(load_api_client(kubeconfig=good, **NO_POD)), Resource.NAMESPACE,
+                           Store(Resource.NAMESPACE), lambda e: None, timeout_seconds=30))
+    inf.start()
+    assert inf.store.synced.wait(10)
+
+    bad = _kubeconfig(tmp_path / "bad", srv.url, token="wrong")
+    inf2 = cleanup(Informer(cleanup(load_api_client(kubeconfig=bad, **NO_POD)), Resource.NAMESPACE,
+                            Store(Resource.NAMESPACE), lambda e: None, timeout_seconds=30, backoff_initial=0.05))
+    inf2.start()
+    wait_until(lambda: inf2.stats["errors"] >= 2, what="401s retried")
+    assert not inf2.store.synced.is_set()
