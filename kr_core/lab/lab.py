@@ -140,6 +140,8 @@ def agent_config(st: LabState, node: NodeInfo, user_cfg: dict[str, Any], install
     per-node paths for plugins that write files."""
     cfg = dict(user_cfg)
     cfg["service-cluster-ip-range"] = st.service_cidr.split(",")
+    if st.ipv6:
+        cfg["enable-ipv6"] = True
     if st.plugins is not None:
         cfg["plugins"] = {"enabled": list(st.plugins)}
     if "hostsfile" in installed:
@@ -227,10 +229,13 @@ def up(name: str, nodes: int = 2, *, ipv6: bool = False, config: str | None = No
         st.save()
     try:
         _up(st, user_cfg, set(installed), say, timeout)
-    except LabError:
-        raise
-    except (netns.CommandError, OSError, TimeoutError, RuntimeError) as e:
-        raise LabError(f"lab {name}: {e} (see {st.dir}; `kr lab down --name {name}` cleans up)") from None
+    except (LabError, netns.CommandError, OSError, TimeoutError, RuntimeError, KeyboardInterrupt) as e:
+        msg = str(e) if isinstance(e, LabError) else f"lab {name}: {e or type(e).__name__}"
+        if os.environ.get("KR_LAB_KEEP"):
+            raise LabError(f"{msg}\n(kept for inspection, KR_LAB_KEEP is set: see {st.dir}; "
+                           f"`kr lab down --name {name}` cleans up)") from None
+        down(name)
+        raise LabError(f"{msg}\n(the half-built lab was removed; set KR_LAB_KEEP=1 to keep it)") from None
     st.phase = "up"
     st.save()
     say(f"lab {name}: up in {time.monotonic() - t0:.1f}s: {len(st.nodes)} node(s), "
@@ -451,12 +456,14 @@ def format_status(s: dict[str, Any]) -> str:
     lines.append("control plane: " + ", ".join(
         f"{r} {'running' if v['running'] else 'NOT RUNNING'}" for r, v in cp.items()))
     lines.append("")
-    lines.append(f"{'NODE':8} {'IP':24} {'POD CIDRS':28} {'AGENT':22} KUBELET")
+    wi = max([len("IP")] + [len(",".join(n["ip"])) for n in s["nodes"]])
+    wc = max([len("POD CIDRS")] + [len(",".join(n["pod_cidrs"])) for n in s["nodes"]])
+    lines.append(f"{'NODE':8} {'IP':{wi}} {'POD CIDRS':{wc}} {'AGENT':26} KUBELET")
     for n in s["nodes"]:
         a = n["agent"]
         agent = "healthy" if a["healthy"] else ("running, unhealthy" if a["running"] else "NOT RUNNING")
-        lines.append(f"{n['name']:8} {','.join(n['ip']):24} {','.join(n['pod_cidrs']):28} "
-                     f"{agent + ' (' + str(a['pid']) + ')':22} {'running' if n['kubelet']['running'] else 'NOT RUNNING'}")
+        lines.append(f"{n['name']:8} {','.join(n['ip']):{wi}} {','.join(n['pod_cidrs']):{wc}} "
+                     f"{agent + ' (pid ' + str(a['pid']) + ')':26} {'running' if n['kubelet']['running'] else 'NOT RUNNING'}")
     lines.append("")
     if s.get("api_error"):
         lines.append(f"pods: API server unreachable: {s['api_error']}")

@@ -9,7 +9,8 @@ Names: a lab name is 1-10 lowercase letters/digits (no dash, so one lab's namesp
 another's); namespaces are ``<name>-cp``, ``<name>-sw``, ``<name>-ext``, ``<name>-node-<i>`` and pods
 ``<name>-p-<8 hex>``. Each running lab gets an index ``i`` (the lowest free one) that picks its
 address ranges: lab network 192.168.(100+i).0/24 (fd00:(100+i)::/64), cluster CIDR 10.(244+i).0.0/16
-(fd00:10:(244+i)::/56), service CIDR 10.(96+i).0.0/16 (fd00:10:(96+i)::/112).
+(fd00:10:(244+i)::/56), service CIDR 10.(96+i).0.0/16 (fd00:10:(96+i)::/112); the numbers
+in the IPv6 ranges are written in decimal digits (fd00:10:244::/56 for lab 0).
 """
 
 from __future__ import annotations
@@ -228,8 +229,8 @@ def plan(name: str, index: int, nodes: int, ipv6: bool) -> LabState:
     st = LabState(name=name, index=index, ipv6=ipv6)
     st.net4 = str(net4)
     st.net6 = str(net6) if net6 else None
-    st.cluster_cidr = f"10.{244 + index}.0.0/16" + (f",fd00:10:{244 + index:x}::/56" if ipv6 else "")
-    st.service_cidr = f"10.{96 + index}.0.0/16" + (f",fd00:10:{96 + index:x}::/112" if ipv6 else "")
+    st.cluster_cidr = f"10.{244 + index}.0.0/16" + (f",fd00:10:{244 + index}::/56" if ipv6 else "")
+    st.service_cidr = f"10.{96 + index}.0.0/16" + (f",fd00:10:{96 + index}::/112" if ipv6 else "")
     st.cp_ip4, st.cp_ip6 = str(at(net4, 2)), at(net6, 2)
     st.ext_ip4, st.ext_ip6 = str(at(net4, 254)), at(net6, 0xFE)
     for i in range(1, nodes + 1):

@@ -91,7 +91,7 @@ def setup_node(st: LabState, node: NodeInfo) -> None:
     cmds.append(f"link set {KUBE_BRIDGE} up")
     cmds.append(f"route add default via {st.ext_ip4}")
     if st.ipv6 and st.ext_ip6:
-        cmds.append(f"-6 route add default via {st.ext_ip6}")
+        cmds.append(f"route add default via {st.ext_ip6}")
     ip_batch(cmds, ns=ns)
     log.info("lab %s: %s: %s %s, default via ext", st.name, node.name, KUBE_BRIDGE, ",".join(node.pod_cidrs))
 
@@ -136,8 +136,8 @@ def add_pod(node_ns: str, pod_ns: str, addrs: list[tuple[str, int, str]]) -> Non
     for addr, plen, _ in addrs:
         cmds.append(f"addr add {addr}/{plen} dev eth0" + (" nodad" if ":" in addr else ""))
     cmds.append("link set eth0 up")
-    for addr, _, gw in addrs:
-        cmds.append(("-6 " if ":" in addr else "") + f"route add default via {gw}")
+    for _addr, _, gw in addrs:
+        cmds.append(f"route add default via {gw}")
     ip_batch(cmds, ns=pod_ns)
 
 
