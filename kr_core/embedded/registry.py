@@ -4,7 +4,6 @@ allocation, finalizers, namespace lifecycle and optimistic concurrency."""
 from __future__ import annotations
 
 import base64
-import copy
 import json
 import random
 import uuid
@@ -18,7 +17,7 @@ from kr_core.embedded.defaults import apply_defaults
 from kr_core.embedded.patch import PATCH_TYPES
 from kr_core.embedded.resources import BY_KIND, Resource
 from kr_core.embedded.selectors import labels_match, parse_field_selector, parse_label_selector
-from kr_core.embedded.store import Store
+from kr_core.embedded.store import Store, jcopy
 from kr_core.embedded.validation import validate
 
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
@@ -61,7 +60,7 @@ class Registry:
     def _check_namespace(self, res: Resource, namespace: str | None) -> None:
         if not res.namespaced:
             return
-        ns = self.store.get("Namespace", "", namespace or "")
+        ns = self.store.peek("Namespace", "", namespace or "")
         if ns is None:
             raise errors.not_found("", "namespaces", namespace or "")
         if (ns.get("metadata") or {}).get("deletionTimestamp"):
@@ -111,7 +110,7 @@ class Registry:
     # -- verbs -----------------------------------------------------------------------------
 
     def create(self, res: Resource, namespace: str | None, body: Any, dry_run: bool = False) -> dict[str, Any]:
-        obj = self._check_type(res, copy.deepcopy(body))
+        obj = self._check_type(res, jcopy(body))
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):
             raise errors.bad_request("metadata must be an object")
@@ -126,7 +125,7 @@ class Registry:
             if not meta.get("name") and meta.get("generateName"):
                 for _ in range(100):
                     cand = meta["generateName"] + "".join(random.choice(_NAME_CHARS) for _ in range(5))
-                    if self.store.get(res.kind, _ns_key(res, meta.get("namespace")), cand) is None:
+                    if self.store.peek(res.kind, _ns_key(res, meta.get("namespace")), cand) is None:
                         meta["name"] = cand
                         break
             for k in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink", "managedFields"):
@@ -138,7 +137,7 @@ class Registry:
             apply_defaults(res.kind, obj)
             self._validate(res, obj)
             self._check_namespace(res, meta.get("namespace"))
-            if self.store.get(res.kind, _ns_key(res, meta.get("namespace")), meta["name"]) is not None:
+            if self.store.peek(res.kind, _ns_key(res, meta.get("namespace")), meta["name"]) is not None:
                 raise errors.already_exists(res.group, res.plural, meta["name"])
             if dry_run:
                 return obj
@@ -209,12 +208,12 @@ class Registry:
                 meta.pop(k, None)
         obj["kind"], obj["apiVersion"] = res.kind, res.api_version
         if subresource == "status":
-            new = copy.deepcopy(old)
+            new = jcopy(old)
             new["status"] = obj.get("status", {})
             obj = new
         elif res.kind in STATUS_KINDS:
             if "status" in old:
-                obj["status"] = copy.deepcopy(old["status"])
+                obj["status"] = jcopy(old["status"])
             else:
                 obj.pop("status", None)
         if res.kind == "NetworkPolicy" and obj.get("spec") != old.get("spec"):
@@ -224,7 +223,7 @@ class Registry:
         if dry_run:
             return obj
         if obj == old:
-            return copy.deepcopy(old)  # no-op updates do not bump the resourceVersion
+            return jcopy(old)  # no-op updates do not bump the resourceVersion
         if ometa.get("deletionTimestamp") and not obj["metadata"].get("finalizers"):
             return self._remove(res, old)
         self._allocate(res, obj, old)
@@ -233,7 +232,7 @@ class Registry:
     def update(self, res: Resource, namespace: str | None, name: str, body: Any,
                subresource: str | None = None, dry_run: bool = False) -> tuple[dict[str, Any], bool]:
         """PUT. Returns (object, created)."""
-        obj = self._check_type(res, copy.deepcopy(body))
+        obj = self._check_type(res, jcopy(body))
         with self.store.lock():
             old = self.store.get(res.kind, _ns_key(res, namespace), name)
             if old is None:
@@ -297,7 +296,7 @@ class Registry:
                 if old["metadata"].get("deletionTimestamp"):
                     result = old
                 else:
-                    obj = copy.deepcopy(old)
+                    obj = jcopy(old)
                     obj["metadata"]["deletionTimestamp"] = now()
                     obj["metadata"]["deletionGracePeriodSeconds"] = int(options.get("gracePeriodSeconds") or 0)
                     result = self.store.put(res.kind, obj, "MODIFIED")
