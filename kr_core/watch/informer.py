@@ -151,8 +151,9 @@ class Informer:
     """List and watch one resource into one :class:`Store`, on a daemon thread.
 
     ``sink`` receives every change after the first list (watch events and re-list differences); it runs on
-    the informer's thread, so it should only enqueue. ``timeout_seconds`` is the server-side watch timeout,
-    ``page_size`` the list ``limit``. ``label_selector`` / ``field_selector`` narrow what is watched.
+    the informer's thread, so it should only enqueue. ``timeout_seconds`` is the server-side watch timeout
+    (each watch asks for a random value between it and 1.25 times it), ``page_size`` the list ``limit`` (0:
+    one unpaginated list). ``label_selector`` / ``field_selector`` narrow what is watched.
     """
 
     def __init__(
@@ -427,13 +428,14 @@ class Informer:
                 ("watch", "true"),
                 ("resourceVersion", self.resource_version),
                 ("allowWatchBookmarks", "true"),
-                ("timeoutSeconds", self.timeout_seconds),
+                # client-go's spread: a random timeout in [T, 1.25 T], so agents do not reconnect in step
+                ("timeoutSeconds", int(self.timeout_seconds * random.uniform(1.0, 1.25))),
             ]
         )
         self.stats["watches"] += 1
         t0 = time.monotonic()
         # the read timeout only catches a dead connection: the server closes the stream after timeoutSeconds
-        raw = self._open(q, read_timeout=self.timeout_seconds + 30.0)
+        raw = self._open(q, read_timeout=self.timeout_seconds * 1.25 + 30.0)
         clean = False
         got_any = False
         try:
@@ -637,8 +639,10 @@ class InformerSource:
     def start(self, caches: Caches, sink: EventSink) -> None:
         """Start an informer for each store of ``caches`` (in ``resources``); returns at once. Wait for the
         initial lists with ``caches.wait_synced(timeout)``."""
-        if self.informers:
+        if any(i.alive for i in self.informers.values()):
             raise RuntimeError("informer source already started")
+        # Started again after stop(): the stores are synced already, so the first lists emit the difference.
+        self.informers = {}
         self._caches = caches
         for r, store in caches.stores.items():
             if self.resources is not None and r not in self.resources:

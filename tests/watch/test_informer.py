@@ -301,3 +301,22 @@ def test_backoff_is_capped_with_jitter() -> None:
     assert all(d <= 30.0 for d in delays) and delays[-1] >= 22.5
     b.reset()
     assert b.next() <= 0.25
+
+
+def test_source_restart_emits_what_changed_while_stopped(make_server: Any, cleanup: Any) -> None:
+    srv = make_server()
+    api = Api(srv.url)
+    api.ensure_namespace()
+    api.create(Resource.SERVICE, service("stays"))
+    api.create(Resource.SERVICE, service("goes"))
+    caches = Caches([Resource.SERVICE])
+    events: list[Event] = []
+    src = cleanup(InformerSource(cleanup(client_for(srv)), timeout_seconds=30))
+    src.start(caches, events.append)
+    assert caches.wait_synced(10) == []
+    src.stop()
+    api.delete(Resource.SERVICE, NS, "goes")
+    api.create(Resource.SERVICE, service("new"))
+    src.start(caches, events.append)
+    wait_until(lambda: len(_ours(events)) >= 2, what="the difference after the restart")
+    assert sorted(_ours(events)) == [("ADDED", f"{NS}/new"), ("DELETED", f"{NS}/goes")]
