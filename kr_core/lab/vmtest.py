@@ -12,9 +12,10 @@ marked ``@pytest.mark.vm`` and run in a VM with a Debian kernel::
 
 How it works: this module is a pytest plugin. On the host, after selection (``-k``, ``-m``,
 node ids), it takes all selected ``vm`` tests out of the run and puts **one** item in their
-place, ``<rootdir>::vm-tests``, that boots one VM and runs
-``<sys.executable> -m pytest -p no:cacheprovider ... <their node ids>`` inside it from the
-rootdir (guest root, ``KR_IN_VM=1``). That item passes when the guest pytest passes; it
+place, ``::vm-tests``, that boots one VM and runs
+``<sys.executable> -m pytest -p no:cacheprovider -p kr_core.lab.vmtest ... <their node ids>``
+inside it from the rootdir (guest root, ``KR_IN_VM=1``; the plugin records the guest's
+failed node ids in ``$KR_VM_OUT``). That item passes when the guest pytest passes; it
 fails with the guest's failed node ids and the guest output (captured stdout; ``-s`` shows
 it live); it skips with the reason when the VM cannot run here (no ``linux.uml``, ...).
 Inside the guest (``KR_IN_VM=1``) the plugin changes nothing, so the tests run for real.
