@@ -9,8 +9,9 @@ One :class:`Informer` per resource runs a daemon thread with client-go's reflect
    something, to the sink. BOOKMARKs only advance the resourceVersion.
 3. A stream that ends normally (the server's timeout) is re-opened from the last resourceVersion. A 410
    (``Expired``/``Gone``, as an ERROR event or as the HTTP status) means the version left the server's
-   history: go back to 1. Connection and server errors are retried with capped exponential backoff and
-   jitter, from the last resourceVersion.
+   history: go back to 1. Connection errors and transient server errors (429, 5xx) are retried with capped
+   exponential backoff and jitter, from the last resourceVersion; other ERROR events and "too large
+   resource version" (the server is behind us) re-list after the backoff.
 4. A malformed object (its view cannot be built, or it has no ``metadata.name``) is logged with whatever
    identifies it and skipped; the stream goes on.
 

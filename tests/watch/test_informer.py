@@ -320,3 +320,19 @@ def test_source_restart_emits_what_changed_while_stopped(make_server: Any, clean
     src.start(caches, events.append)
     wait_until(lambda: len(_ours(events)) >= 2, what="the difference after the restart")
     assert sorted(_ours(events)) == [("ADDED", f"{NS}/new"), ("DELETED", f"{NS}/goes")]
+
+
+def test_large_objects_and_bursts_arrive_intact(make_server: Any, cleanup: Any) -> None:
+    srv = make_server()
+    api = Api(srv.url)
+    api.ensure_namespace()
+    inf, events = _informer(srv, cleanup, Resource.ENDPOINTSLICE)
+    assert inf.store.synced.wait(10)
+    api.create(Resource.ENDPOINTSLICE, endpointslice("big", "svc", 1000))  # one watch line of > 100 KB
+    for i in range(150):
+        api.create(Resource.ENDPOINTSLICE, endpointslice(f"small-{i:03d}", "svc", 2, base=2000 + 2 * i))
+    wait_until(lambda: len(_ours(events)) >= 151, what="151 ADDED events")
+    assert [k for _, k in _ours(events)] == [f"{NS}/big"] + [f"{NS}/small-{i:03d}" for i in range(150)]
+    big = inf.store.get(f"{NS}/big")
+    assert len(big.endpoints) == 1000 and big.service_key == f"{NS}/svc"
+    assert len(inf.store.by_index("service", f"{NS}/svc")) == 151
