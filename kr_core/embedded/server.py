@@ -297,10 +297,12 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.flush()
         self.close_connection = True
+        first = True
         try:
             for ev in events:
                 if table and ev["type"] in ("ADDED", "MODIFIED", "DELETED"):
-                    ev = {"type": ev["type"], "object": to_table(route.res, ev["object"], headers=False)}
+                    ev = {"type": ev["type"], "object": to_table(route.res, ev["object"], headers=first)}
+                    first = False
                 data = json.dumps(ev, separators=(",", ":")).encode() + b"\n"
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()

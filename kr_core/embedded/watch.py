@@ -58,7 +58,7 @@ def stream(store: Store, res: Resource, pred: Predicate, resource_version: str |
             backlog = []
     if expired is not None:
         return iter([{"type": "ERROR", "object": errors.expired(expired).status()}])
-    return _run(store, res, pred, watcher, snapshot, backlog, last_rv, timeout=timeout, bookmarks=bookmarks,
+    return _run(store, res, pred, watcher, snapshot, backlog, max(last_rv, since or 0), timeout=timeout, bookmarks=bookmarks,
                 bookmark_interval=bookmark_interval, send_initial_events=send_initial_events, alive=alive,
                 stopping=stopping)
 
@@ -103,6 +103,8 @@ def _run(store: Store, res: Resource, pred: Predicate, watcher: Watcher, snapsho
                     if idle:
                         yield _bookmark(res, last_rv)
                 continue
+            if ev.rv <= last_rv:
+                continue  # already sent, or at/before a future resourceVersion the client asked for
             last_rv = ev.rv
             typ = _translate(ev, pred)
             if typ:

@@ -147,3 +147,63 @@ def test_watch_ends_when_server_stops(make_server: Any) -> None:
     srv.stop()
     t.join(timeout=5)
     assert not t.is_alive()
+
+
+def test_watch_resumes_across_restart(make_server: Any, tmp_path: Path) -> None:
+    data = str(tmp_path / "db")
+    srv = make_server(data_path=data)
+    c = api_client(srv, tmp_path / "kc")
+    core = client.CoreV1Api(c)
+    rv = core.list_namespaced_pod("default").metadata.resource_version
+    core.create_namespaced_pod("default", pod("p1"))
+    c.close()
+    srv.stop()
+    srv2 = make_server(data_path=data)
+    evs = list(raw_watch(srv2, f"/api/v1/namespaces/default/pods?watch=1&resourceVersion={rv}&timeoutSeconds=0.5"))
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in evs] == [("ADDED", "p1")]
+
+
+def test_concurrent_writers_one_ordered_stream(server: ApiServer, core: client.CoreV1Api) -> None:
+    rv = core.list_namespaced_pod("default").metadata.resource_version
+    got: list[dict[str, Any]] = []
+
+    def watcher() -> None:
+        for ev in raw_watch(server, f"/api/v1/namespaces/default/pods?watch=1&resourceVersion={rv}&timeoutSeconds=8"):
+            got.append(ev)
+            if len(got) == 120:
+                return
+
+    wt = threading.Thread(target=watcher)
+    wt.start()
+
+    def writer(k: int) -> None:
+        for i in range(30):
+            core.create_namespaced_pod("default", pod(f"w{k}-{i}"))
+
+    ws = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in ws:
+        t.start()
+    for t in ws:
+        t.join()
+    wt.join(timeout=10)
+    rvs = [int(e["object"]["metadata"]["resourceVersion"]) for e in got]
+    assert len(got) == 120 and rvs == sorted(rvs) and len(set(rvs)) == 120
+    assert {e["object"]["metadata"]["name"] for e in got} == {f"w{k}-{i}" for k in range(4) for i in range(30)}
+
+
+def test_watch_from_a_future_version(server: ApiServer, core: client.CoreV1Api) -> None:
+    now = int(core.list_namespaced_pod("default").metadata.resource_version)
+    core_events: list[str] = []
+
+    def writer() -> None:
+        time.sleep(0.2)
+        core.create_namespaced_pod("default", pod("early"))  # rv now+1: not after now+1
+        core.create_namespaced_pod("default", pod("late"))
+
+    t = threading.Thread(target=writer)
+    t.start()
+    for ev in raw_watch(server, f"/api/v1/namespaces/default/pods?watch=1&resourceVersion={now + 1}"
+                                "&timeoutSeconds=1"):
+        core_events.append(ev["object"]["metadata"]["name"])
+    t.join()
+    assert core_events == ["late"]
