@@ -6,6 +6,7 @@ import threading
 import time
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from kr_core.events import Event, EventType
@@ -13,7 +14,7 @@ from kr_core.model import Resource
 from kr_core.watch.cache import Caches, Store
 from kr_core.watch.informer import Informer, InformerSource
 
-from .helpers import NS, Api, client_for, endpointslice, pod, service, wait_until
+from .helpers import NS, USE_STUB, Api, client_for, endpointslice, pod, service, wait_until
 
 
 def _informer(srv: Any, cleanup: Any, resource: Resource = Resource.SERVICE, cls: type[Informer] = Informer,
@@ -336,3 +337,24 @@ def test_large_objects_and_bursts_arrive_intact(make_server: Any, cleanup: Any) 
     big = inf.store.get(f"{NS}/big")
     assert len(big.endpoints) == 1000 and big.service_key == f"{NS}/svc"
     assert len(inf.store.by_index("service", f"{NS}/svc")) == 151
+
+
+@pytest.mark.skipif(USE_STUB, reason="the stub does not filter")
+def test_label_and_field_selectors(make_server: Any, cleanup: Any) -> None:
+    srv = make_server()
+    api = Api(srv.url)
+    api.ensure_namespace()
+    api.create(Resource.SERVICE, service("front", labels={"tier": "web", "app": "a"}))
+    api.create(Resource.SERVICE, service("back", labels={"tier": "db", "app": "b"}))
+    api.create(Resource.POD, pod("here", node="node-1"))
+    api.create(Resource.POD, pod("there", node="node-2"))
+    svc, _ = _informer(srv, cleanup, label_selector="tier in (web, cache),app")
+    pods, pod_events = _informer(srv, cleanup, Resource.POD, field_selector="spec.nodeName=node-1")
+    assert svc.store.synced.wait(10) and pods.store.synced.wait(10)
+    assert svc.store.keys() == [f"{NS}/front"]
+    assert pods.store.keys() == [f"{NS}/here"]
+    api.create(Resource.POD, pod("later", node="node-1"))
+    api.create(Resource.POD, pod("elsewhere", node="node-3"))
+    wait_until(lambda: pods.store.get(f"{NS}/later"), what="the matching pod")
+    assert pods.store.get(f"{NS}/elsewhere") is None
+    assert [k for _, k in _ours(pod_events)] == [f"{NS}/later"]
