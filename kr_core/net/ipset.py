@@ -254,9 +254,14 @@ class IpsetRunner:
         return parse_names(self._run(["list", "-n"]).stdout, prefixes)
 
     def members(self, name: str) -> list[str]:
-        """Members of a set as ``ipset save`` prints them (``10.0.0.0/24 nomatch`` keeps its flag)."""
-        out = self._run(["save", name]).stdout
-        return [line.split(" ", 2)[2] for line in out.splitlines() if line.startswith("add ")]
+        """Members of a set as ``ipset save`` prints them, without ``timeout N``; a nomatch entry reads
+        ``10.0.0.0/24 nomatch``."""
+        out = []
+        for line in self._run(["save", name]).stdout.splitlines():
+            if line.startswith("add "):
+                tokens = line.split()
+                out.append(tokens[2] + (" nomatch" if "nomatch" in tokens[3:] else ""))
+        return out
 
     def test(self, name: str, entry: str) -> bool:
         """``ipset test``: does ``entry`` match the set (a nomatch entry does not)?"""

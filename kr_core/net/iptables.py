@@ -86,10 +86,11 @@ def quote_arg(arg: str) -> str:
 
 
 def render_rule(rule: Rule) -> str:
-    """The argument text of one rule (after ``-A CHAIN``)."""
-    if isinstance(rule, str):
-        return rule.strip()
-    return " ".join(quote_arg(a) for a in rule)
+    """The argument text of one rule (after ``-A CHAIN``). A line break would inject a restore line: refused."""
+    text = rule.strip() if isinstance(rule, str) else " ".join(quote_arg(a) for a in rule)
+    if any(c in text for c in "\n\r\0"):
+        raise ValueError(f"rule contains a line break or NUL: {text!r}")
+    return text
 
 
 def render_restore(rules: Mapping[str, Mapping[str, Sequence[Rule]]], *,
@@ -288,14 +289,16 @@ class Iptables:
         return removed
 
     def ensure_jump(self, table: str, chain: str, rule: Sequence[str], comment: str) -> bool:
-        """Keep ``rule`` (with ``-m comment --comment COMMENT`` appended) as the only rule carrying that
+        """Keep ``rule`` (with ``-m comment --comment COMMENT`` added) as the only rule carrying that
         comment in ``chain``, at position 1. Returns True when something changed.
 
         The comment is the rule's identity: stale copies (other match, other position) are deleted and the
         rule is inserted at the top in one restore. Already first and identical: nothing is run but ``-S``.
         """
         comment = clean_comment(comment)
-        full = [*rule, "-m", "comment", "--comment", comment]
+        rule = list(rule)
+        cut = next((i for i, a in enumerate(rule) if a in ("-j", "-g", "--jump", "--goto")), len(rule))
+        full = [*rule[:cut], "-m", "comment", "--comment", comment, *rule[cut:]]  # where -S prints it
         current = self.list_rules(table, chain)
         tag = f"--comment {quote_arg(comment)}"
         tagged = [i for i, line in enumerate(current, start=1) if tag in line]
