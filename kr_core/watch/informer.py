@@ -250,14 +250,17 @@ class Informer:
         log.info("informer %s: starting (%s%s)", name, self.api_client.configuration.host, self.api.path)
         while not self._stop.is_set():
             delay = 0.0
+            phase = ""
             try:
                 if need_list:
+                    phase = "re-list" if relist else "list"
                     self._list_into_store(relist)
                     need_list = relist = False
                     self._just_listed = True
                 self.before_watch()
                 if self._stop.is_set():
                     break
+                phase = "watch"
                 got_any, secs = self._watch()
                 # the stream ended normally (the server's timeout): re-watch at once, unless the server ends
                 # streams as soon as they open, which must not become a busy loop
@@ -266,7 +269,7 @@ class Informer:
                     self.backoff.reset()
                 else:
                     delay = self.backoff.next()
-                    log.info("informer %s: watch closed at once, without events; waiting %.1fs", name, delay)
+                    log.info("informer %s: watch closed at once, without events; waiting %.2fs", name, delay)
             except _Stopped:
                 break
             except _Expired as e:
@@ -290,10 +293,10 @@ class Informer:
                 else:
                     msg = f"{type(e).__name__}: {e}"
                 delay = self.backoff.next()
-                what = "list" if need_list and not relist else f"watch from resourceVersion {self.resource_version}"
                 then = "re-listing" if relist else "retrying"
-                log.warning("informer %s: %s failed (%s); %s in %.1fs", name, what, msg, then, delay)
-                if not need_list or relist:
+                what = f"watch at resourceVersion {self.resource_version}" if phase == "watch" else phase
+                log.warning("informer %s: %s failed (%s); %s in %.2fs", name, what, msg, then, delay)
+                if phase == "watch":
                     self._count_restart("error")
             if delay and self._stop.wait(delay):
                 break
