@@ -227,6 +227,8 @@ class Registry:
         if ometa.get("deletionTimestamp") and not obj["metadata"].get("finalizers"):
             return self._remove(res, old)
         self._allocate(res, obj, old)
+        if obj == old:
+            return jcopy(old)
         return self.store.put(res.kind, obj, "MODIFIED")
 
     def update(self, res: Resource, namespace: str | None, name: str, body: Any,
@@ -259,6 +261,23 @@ class Registry:
             if not isinstance(patched, dict):
                 raise errors.bad_request("the patch did not produce an object")
             return self._finish_update(res, old, patched, subresource, dry_run)
+
+    def bind(self, namespace: str | None, name: str, body: Any) -> dict[str, Any]:
+        """POST pods/<name>/binding: assign the pod to ``target.name`` (once)."""
+        res = BY_KIND["Pod"]
+        node = ((body or {}).get("target") or {}).get("name") if isinstance(body, dict) else None
+        if not node:
+            raise errors.invalid("Binding", "", name, [("target.name", "FieldValueRequired", "Required value")])
+        with self.store.lock():
+            pod = self.store.get("Pod", namespace or "", name)
+            if pod is None:
+                raise errors.not_found("", "pods", name)
+            current = (pod.get("spec") or {}).get("nodeName")
+            if current:
+                raise errors.conflict("", "pods/binding", name, f"pod {name} is already assigned to node \"{current}\"")
+            pod.setdefault("spec", {})["nodeName"] = node
+            self.store.put(res.kind, pod, "MODIFIED")
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
 
     def _remove(self, res: Resource, obj: dict[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]

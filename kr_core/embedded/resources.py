@@ -48,7 +48,7 @@ class Resource:
 RESOURCES: tuple[Resource, ...] = (
     Resource("namespaces", "Namespace", "", "v1", False, ("ns",)),
     Resource("nodes", "Node", "", "v1", False, ("no",)),
-    Resource("pods", "Pod", "", "v1", True, ("po",), categories=("all",)),
+    Resource("pods", "Pod", "", "v1", True, ("po",), ("status", "binding"), categories=("all",)),
     Resource("services", "Service", "", "v1", True, ("svc",), categories=("all",)),
     Resource("endpointslices", "EndpointSlice", "discovery.k8s.io", "v1", True, (), ()),
     Resource("networkpolicies", "NetworkPolicy", "networking.k8s.io", "v1", True, ("netpol",), ()),
@@ -105,6 +105,10 @@ def resource_list(group: str, version: str) -> dict[str, Any] | None:
             entry["categories"] = list(r.categories)
         items.append(entry)
         for sub in r.subresources:
+            if sub == "binding":
+                items.append({"name": f"{r.plural}/binding", "singularName": "", "namespaced": True, "kind": "Binding",
+                              "verbs": ["create"]})
+                continue
             items.append(
                 {"name": f"{r.plural}/{sub}", "singularName": "", "namespaced": r.namespaced, "kind": r.kind,
                  "verbs": ["get", "patch", "update"]}

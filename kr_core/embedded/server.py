@@ -199,6 +199,8 @@ class Handler(BaseHTTPRequestHandler):
                 q["fieldSelector"] = ",".join(filter(None, [q.get("fieldSelector"), f"metadata.name={name}"]))
             self._watch(route, q)
             return
+        if route.subresource == "binding" and method != "POST":
+            raise errors.method_not_allowed()
         if method in ("GET", "HEAD"):
             if name is None:
                 body = reg.list(res, ns, q.get("labelSelector"), q.get("fieldSelector"),
@@ -207,6 +209,9 @@ class Handler(BaseHTTPRequestHandler):
                 body = reg.get(res, ns, name)
             self._send_json(200, self._maybe_table(res, body))
         elif method == "POST":
+            if name is not None and route.subresource == "binding":
+                self._send_json(201, reg.bind(ns, name, self._read_body()))
+                return
             if name is not None:
                 raise errors.method_not_allowed()
             obj = reg.create(res, ns, self._read_body(), dry_run)

@@ -336,3 +336,19 @@ def test_node_pod_cidrs(core: client.CoreV1Api) -> None:
     assert d.spec.pod_cidr == "10.244.0.0/24"
     st = core.patch_node_status("d", {"status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.4"}]}})
     assert st.status.addresses[0].address == "192.168.0.4" and st.spec.pod_cidr == "10.244.0.0/24"
+
+
+def test_pod_binding(core: client.CoreV1Api) -> None:
+    core.create_namespaced_pod("default", pod("p1"))
+    body = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p1"},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": "n1"}}
+    req = urllib.request.Request(core.api_client.configuration.host + "/api/v1/namespaces/default/pods/p1/binding",
+                                 method="POST", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert r.status == 201
+    assert core.read_namespaced_pod("p1", "default").spec.node_name == "n1"
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(urllib.request.Request(req.full_url, method="POST", data=json.dumps(body).encode(),
+                                                      headers={"Content-Type": "application/json"}), timeout=5)
+    assert e.value.code == 409
