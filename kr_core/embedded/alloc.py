@@ -271,6 +271,9 @@ class Allocator:
             return
         if spec.get("podCIDR") and not spec.get("podCIDRs"):
             spec["podCIDRs"] = [spec["podCIDR"]]
+        if ospec.get("podCIDRs") and spec.get("podCIDRs") != ospec["podCIDRs"]:
+            raise AllocationError([("spec.podCIDRs", "FieldValueForbidden", "Forbidden: node updates may not change "
+                                    "podCIDR except from \"\" to valid")])
         if spec.get("podCIDRs"):
             spec["podCIDR"] = spec["podCIDRs"][0]
             for c in spec["podCIDRs"]:

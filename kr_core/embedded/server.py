@@ -4,6 +4,7 @@ facade (start/stop/url/write_kubeconfig) used by the CLI and by tests."""
 from __future__ import annotations
 
 import contextlib
+import hmac
 import ipaddress
 import json
 import logging
@@ -148,7 +149,7 @@ class Handler(BaseHTTPRequestHandler):
         token = self.api.token
         if token is None or path in OPEN_PATHS:
             return True
-        return self.headers.get("Authorization", "") == f"Bearer {token}"
+        return hmac.compare_digest(self.headers.get("Authorization", "").encode(), f"Bearer {token}".encode())
 
     def _dispatch(self) -> None:
         try:
@@ -330,6 +331,10 @@ class _HTTPServer(ThreadingHTTPServer):
         self.address_family = family
         self.api = api
         super().__init__(addr, Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Connections dropped by clients (or by ``stop``) are routine: log them quietly."""
+        log.debug("connection from %s ended with an error", client_address, exc_info=True)
 
 
 def _is_loopback(host: str) -> bool:

@@ -352,3 +352,14 @@ def test_pod_binding(core: client.CoreV1Api) -> None:
         urllib.request.urlopen(urllib.request.Request(req.full_url, method="POST", data=json.dumps(body).encode(),
                                                       headers={"Content-Type": "application/json"}), timeout=5)
     assert e.value.code == 409
+
+
+def test_node_pod_cidr_is_immutable(core: client.CoreV1Api) -> None:
+    n = core.create_node({"metadata": {"name": "n"}})
+    with pytest.raises(ApiException) as e:
+        core.patch_node("n", {"spec": {"podCIDR": "10.244.9.0/24", "podCIDRs": ["10.244.9.0/24"]}})
+    assert e.value.status == 422 and status_of(e.value)["details"]["causes"][0]["field"] == "spec.podCIDRs"
+    n.metadata.resource_version = None
+    n.spec.pod_cidr = None
+    n.spec.pod_cidrs = None
+    assert core.replace_node("n", n).spec.pod_cidr == "10.244.0.0/24"
