@@ -10,6 +10,9 @@ import pytest
 from kr_core import PluginInfo, Resource, hookimpl
 from kr_core.model import EndpointSlice, Namespace, NetworkPolicy, Node, Pod, Service
 
+# tests marked @pytest.mark.vm run inside the User-Mode Linux VM (one boot for all of them)
+pytest_plugins = ["kr_core.lab.vmtest"]
+
 
 def make_service(name: str, ns: str = "default", ip: str = "10.96.0.10", rv: str = "1", **spec: Any) -> Service:
     return Service.from_json({

@@ -1,3 +1,2 @@
-"""tests/lab: the lab VM runner. The ``vm`` marker plugin is enabled here (hooks run once per session)."""
-
-from kr_core.lab.vmtest import pytest_collection_modifyitems, pytest_configure  # noqa: F401
+"""tests/lab: the lab and its VM runner. (The ``vm`` marker plugin, kr_core.lab.vmtest, is registered for the
+whole suite in tests/conftest.py.)"""
