@@ -5,6 +5,9 @@ server (rightly) refuses: objects that are malformed on the wire. It speaks just
 create/update/delete of raw JSON (no validation), paginated list, watch with resourceVersion, a bounded
 history (410 Gone as an ERROR event, or as the HTTP status with ``gone_as_http``), bookmarks and
 ``timeoutSeconds``. Traffic stays on 127.0.0.1.
+
+``KR_WATCH_TESTS_STUB=1 pytest tests/watch`` runs every informer test against the stub instead (tests
+that need what only the real server does -- selectors, authentication -- are skipped then).
 """
 
 from __future__ import annotations

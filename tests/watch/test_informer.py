@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from kr_core.events import Event, EventType
 from kr_core.model import Resource
 from kr_core.watch.cache import Caches, Store
-from kr_core.watch.informer import Informer, InformerSource
+from kr_core.watch.informer import Informer, InformerSource, WatchMetrics
 
 from .helpers import NS, USE_STUB, Api, client_for, endpointslice, pod, service, wait_until
 
@@ -130,8 +130,6 @@ def test_410_relist_emits_difference(make_server: Any, cleanup: Any) -> None:
     for n in ("same", "changed", "removed"):
         api.create(Resource.SERVICE, service(n))
     reg = CollectorRegistry()
-    from kr_core.watch.informer import WatchMetrics
-
     inf, events = _informer(srv, cleanup, cls=GatedInformer, timeout_seconds=1, metrics=WatchMetrics(reg))
     assert isinstance(inf, GatedInformer)
     assert inf.store.synced.wait(10)
