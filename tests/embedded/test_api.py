@@ -135,6 +135,10 @@ def test_patch_kinds(core: client.CoreV1Api) -> None:
     p = core.patch_namespaced_pod("p1", "default", [{"op": "replace", "path": "/metadata/labels/a", "value": "9"},
                                                     {"op": "remove", "path": "/metadata/labels/c"}])
     assert p.metadata.labels == {"a": "9"}
+    # JSON merge patch replaces lists wholesale
+    p = core.patch_namespaced_pod("p1", "default", {"spec": {"containers": [{"name": "c", "image": "nginx"}]}},
+                                  _content_type="application/merge-patch+json")
+    assert p.spec.containers[0].image == "nginx" and p.spec.containers[0].ports is None
 
 
 def test_merge_patch_over_http(server: ApiServer, core: client.CoreV1Api) -> None:
