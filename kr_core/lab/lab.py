@@ -307,6 +307,8 @@ def _up(st: LabState, user_cfg: dict[str, Any], installed: set[str], say: Say, t
                                          "--node-netns", node.netns, "--kubeconfig", lab_kc,
                                          "--ready-file", str(ready)),
               node=node.name, log_name=f"{node.name}/kubelet.log")
+        if st.plugins == []:
+            continue  # --plugins none: no node agent at all
         cfg = agent_config(st, node, user_cfg, installed)
         spawn(st, "agent", python_argv("kr_core.cli", "run", "--kubeconfig", lab_kc, "--hostname-override", node.name,
                                        "--health-port", str(HEALTH_PORT), "--config", str(cfg),
@@ -319,7 +321,7 @@ def wait_ready(st: LabState, timeout: float = 60.0, say: Say = _quiet) -> None:
     """Wait until every kubelet has synced and every agent answers /healthz with 200."""
     deadline = time.monotonic() + timeout
     pending = {n.name for n in st.nodes}
-    agents = {n.name for n in st.nodes}
+    agents = {n.name for n in st.nodes} if st.plugins != [] else set()
     while time.monotonic() < deadline:
         for p in st.procs():
             if p.role in ("apiserver", "proxy", "scheduler", "kubelet", "agent") and not p.alive():
@@ -428,7 +430,10 @@ def status(name: str) -> dict[str, Any]:
     for n in st.nodes:
         agent = (st.procs("agent", n.name) or [None])[-1]
         kubelet = (st.procs("kubelet", n.name) or [None])[-1]
-        healthy, detail = agent_health(st, n) if agent is not None and agent.alive() else (False, "not running")
+        if agent is not None and agent.alive():
+            healthy, detail = agent_health(st, n)
+        else:
+            healthy, detail = False, "no agent (--plugins none)" if st.plugins == [] else "not running"
         out["nodes"].append({
             "name": n.name, "netns": n.netns, "ip": [x for x in (n.ip4, n.ip6) if x], "pod_cidrs": n.pod_cidrs,
             "agent": {"pid": agent.pid if agent else None, "running": bool(agent and agent.alive()),
@@ -461,7 +466,8 @@ def format_status(s: dict[str, Any]) -> str:
     lines.append(f"{'NODE':8} {'IP':{wi}} {'POD CIDRS':{wc}} {'AGENT':26} KUBELET")
     for n in s["nodes"]:
         a = n["agent"]
-        agent = "healthy" if a["healthy"] else ("running, unhealthy" if a["running"] else "NOT RUNNING")
+        agent = "healthy" if a["healthy"] else ("running, unhealthy" if a["running"] else
+                                                ("none" if a["pid"] is None else "NOT RUNNING"))
         lines.append(f"{n['name']:8} {','.join(n['ip']):{wi}} {','.join(n['pod_cidrs']):{wc}} "
                      f"{agent + ' (pid ' + str(a['pid']) + ')':26} {'running' if n['kubelet']['running'] else 'NOT RUNNING'}")
     lines.append("")
