@@ -156,6 +156,41 @@ def _validate_np_port(path: str, p: Any, causes: list[Cause]) -> None:
             causes.append(invalid(f"{path}.endPort", end, "must be greater than or equal to `port`"))
 
 
+OPERATORS = ("DoesNotExist", "Exists", "In", "NotIn")
+
+
+def validate_label_selector(path: str, sel: Any, causes: list[Cause]) -> None:
+    """A metav1.LabelSelector: matchLabels values and matchExpressions operators/values."""
+    if sel is None:
+        return
+    if not isinstance(sel, dict):
+        causes.append(invalid(path, sel, "must be an object"))
+        return
+    for k, v in (sel.get("matchLabels") or {}).items():
+        if not isinstance(v, str) or len(v) > 63 or not LABEL_VALUE.match(v):
+            causes.append(invalid(f"{path}.matchLabels", v, "a valid label must be an empty string or consist of "
+                                  "alphanumeric characters, '-', '_' or '.', and must start and end with an "
+                                  "alphanumeric character"))
+        if not QUALIFIED_NAME.match(str(k).rsplit("/", 1)[-1]):
+            causes.append(invalid(f"{path}.matchLabels", k, "name part must consist of alphanumeric characters, "
+                                  "'-', '_' or '.', and must start and end with an alphanumeric character"))
+    for i, e in enumerate(sel.get("matchExpressions") or []):
+        epath = f"{path}.matchExpressions[{i}]"
+        if not isinstance(e, dict):
+            causes.append(invalid(epath, e, "must be an object"))
+            continue
+        if not e.get("key"):
+            causes.append(required(f"{epath}.key"))
+        op, values = e.get("operator"), e.get("values") or []
+        if op not in OPERATORS:
+            causes.append(invalid(f"{epath}.operator", op, "not a valid selector operator"))
+        elif op in ("In", "NotIn") and not values:
+            causes.append(required(f"{epath}.values", "must be specified when `operator` is 'In' or 'NotIn'"))
+        elif op in ("Exists", "DoesNotExist") and values:
+            causes.append((f"{epath}.values", FORBIDDEN, "Forbidden: may not be specified when `operator` is "
+                           "'Exists' or 'DoesNotExist'"))
+
+
 def _validate_peer(path: str, peer: Any, causes: list[Cause]) -> None:
     if not isinstance(peer, dict):
         causes.append(invalid(path, peer, "must be an object"))
@@ -166,6 +201,8 @@ def _validate_peer(path: str, peer: Any, causes: list[Cause]) -> None:
         causes.append(required(path, "must specify a peer"))
     if ipb is not None and selectors:
         causes.append((path, FORBIDDEN, "Forbidden: may not specify both ipBlock and another peer"))
+    for k in selectors:
+        validate_label_selector(f"{path}.{k}", peer[k], causes)
     if ipb is None:
         return
     if not isinstance(ipb, dict):
@@ -192,6 +229,7 @@ def validate_network_policy(obj: dict[str, Any]) -> list[Cause]:
     spec = obj.get("spec")
     if not isinstance(spec, dict):
         return [required("spec")]
+    validate_label_selector("spec.podSelector", spec.get("podSelector"), causes)
     for direction, peers_key in (("ingress", "from"), ("egress", "to")):
         rules = spec.get(direction)
         if rules is None:

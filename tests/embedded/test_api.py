@@ -367,3 +367,19 @@ def test_node_pod_cidr_is_immutable(core: client.CoreV1Api) -> None:
     n.spec.pod_cidr = None
     n.spec.pod_cidrs = None
     assert core.replace_node("n", n).spec.pod_cidr == "10.244.0.0/24"
+
+
+def test_invalid_network_policy_selectors(net: client.NetworkingV1Api) -> None:
+    bad = {"metadata": {"name": "bad"}, "spec": {
+        "podSelector": {"matchExpressions": [{"key": "a", "operator": "Maybe"}]},
+        "ingress": [{"from": [{"namespaceSelector": {"matchExpressions": [{"key": "b", "operator": "In"}]},
+                               "podSelector": {"matchExpressions": [{"key": "c", "operator": "Exists",
+                                                                     "values": ["x"]}]}},
+                              {"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]}]}}
+    with pytest.raises(ApiException) as e:
+        net.create_namespaced_network_policy("default", bad)
+    fields = {c["field"] for c in status_of(e.value)["details"]["causes"]}
+    assert fields == {"spec.podSelector.matchExpressions[0].operator",
+                      "spec.ingress[0].from[0].namespaceSelector.matchExpressions[0].values",
+                      "spec.ingress[0].from[0].podSelector.matchExpressions[0].values",
+                      "spec.ingress[0].from[1]"}
