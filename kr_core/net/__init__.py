@@ -5,7 +5,7 @@ Each module has one job; the pure renderers (:func:`render_restore`, :func:`rend
 """
 
 from . import ipset, iptables, links, netns, nft, sysctl
-from .ipset import IpSet, IpsetError, IpsetRunner, render_members, render_sync, set_name, temp_name
+from .ipset import IpSet, IpsetError, IpsetNetlink, IpsetRunner, render_members, render_sync, set_name, temp_name
 from .iptables import (
     Family,
     Iptables,
@@ -23,7 +23,7 @@ from .netns import call_in, in_netns
 from .nft import Nft, NftError
 
 __all__ = [
-    "BatchResult", "Family", "IpSet", "IpsetError", "IpsetRunner", "Iptables", "IptablesError", "LinkError",
+    "BatchResult", "Family", "IpSet", "IpsetError", "IpsetNetlink", "IpsetRunner", "Iptables", "IptablesError", "LinkError",
     "Mode", "Nft", "NftError", "Route", "apply_routes", "call_in", "choose_mode", "clean_comment",
     "detect_mode", "encode_route", "ensure_bridge", "ensure_veth", "in_netns", "iptc_read_chains", "ipset",
     "iptables", "links", "netns", "nft", "render_members", "render_restore", "render_sync", "save_stats",

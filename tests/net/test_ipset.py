@@ -113,3 +113,25 @@ def test_render_is_what_runs(runner: IpsetRunner) -> None:
     assert runner.sync(sets) == render_sync(sets)
     assert runner.test("kube-router-svip-prt", "10.96.0.10,udp:53")
     assert not runner.test("kube-router-svip-prt", "10.96.0.10,tcp:54")
+
+
+def test_netlink_hot_path(runner: IpsetRunner) -> None:
+    from kr_core.net.ipset import IpsetNetlink
+
+    runner.sync([IpSet("kube-router-local-pods", entries=["10.244.0.5"])])
+
+    def body() -> None:
+        nl = IpsetNetlink(netns=runner.netns)  # the calling thread stays where it is
+        try:
+            assert nl.add("kube-router-local-pods", "10.244.0.6")
+            assert not nl.add("kube-router-local-pods", "10.244.0.6")
+            assert nl.delete("kube-router-local-pods", "10.244.0.5")
+            assert not nl.delete("kube-router-local-pods", "10.244.0.5")
+            assert nl.test("kube-router-local-pods", "10.244.0.6")
+            with pytest.raises(IpsetError):
+                nl.add("no-such-set", "10.0.0.1")
+        finally:
+            nl.close()
+
+    body()
+    assert runner.members("kube-router-local-pods") == ["10.244.0.6"]
