@@ -207,3 +207,13 @@ def test_watch_from_a_future_version(server: ApiServer, core: client.CoreV1Api) 
         core_events.append(ev["object"]["metadata"]["name"])
     t.join()
     assert core_events == ["late"]
+
+
+def test_send_initial_events(server: ApiServer, core: client.CoreV1Api) -> None:
+    core.create_namespaced_pod("default", pod("a"))
+    evs = list(raw_watch(server, "/api/v1/namespaces/default/pods?watch=1&sendInitialEvents=true"
+                                 "&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=0.3"))
+    assert [e["type"] for e in evs][:2] == ["ADDED", "BOOKMARK"]
+    end = evs[1]["object"]["metadata"]
+    assert end["annotations"] == {"k8s.io/initial-events-end": "true"}
+    assert int(end["resourceVersion"]) >= int(evs[0]["object"]["metadata"]["resourceVersion"])
