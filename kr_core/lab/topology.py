@@ -77,10 +77,26 @@ def gateway(cidr: str) -> str:
     return str(net.network_address + 1)
 
 
+def ensure_br_netfilter() -> bool:
+    """Load br_netfilter if it is a module (as kube-router's CNI setup needs); False if it is unavailable."""
+    import os
+
+    if os.path.exists("/proc/sys/net/bridge"):
+        return True
+    netns.run(["modprobe", "br_netfilter"], check=False)
+    if os.path.exists("/proc/sys/net/bridge"):
+        log.info("loaded br_netfilter")
+        return True
+    log.warning("br_netfilter is not available: bridged pod traffic bypasses iptables on this kernel")
+    return False
+
+
 def setup_node(st: LabState, node: NodeInfo) -> None:
     """Sysctls, kube-bridge with the gateway address of each pod CIDR, default route via ext."""
     ns = node.netns
     vals = dict(NODE_SYSCTLS)
+    if not ensure_br_netfilter():
+        vals = {k: v for k, v in vals.items() if not k.startswith("net.bridge.")}
     if st.ipv6:
         vals.update(NODE_SYSCTLS_V6)
     netns.sysctl(ns, vals)
