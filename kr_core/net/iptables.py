@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import logging
 import re
+import shlex
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -95,23 +96,26 @@ def render_rule(rule: Rule) -> str:
 
 def render_restore(rules: Mapping[str, Mapping[str, Sequence[Rule]]], *,
                    create: Mapping[str, Iterable[str]] | None = None,
+                   flush: Mapping[str, Iterable[str]] | None = None,
                    delete: Mapping[str, Iterable[str]] | None = None) -> str:
     """Render an ``iptables-restore --noflush`` payload.
 
     ``rules`` is ``{table: {chain: [rule, ...]}}``: each listed chain is declared (created, or emptied when
-    it exists) and gets exactly these rules, in order. ``create`` names chains to declare without rules
-    (created empty, or flushed: under ``--noflush`` that is the same line). ``delete`` names chains to
+    it exists) and gets exactly these rules, in order. ``create`` and ``flush`` name chains to declare
+    without rules: under ``--noflush`` creating and flushing are the same line (``:CHAIN - [0:0]``), so
+    either way the chain exists and is empty afterwards (there is no create-without-flush in a restore). ``delete`` names chains to
     remove: they are declared (so a chain already gone is not an error), then ``-X``'d after all rules are
     written, so the jumps to them from rewritten chains are gone by then. Tables come out in the order
-    given; within a table chains are declared in order rules, create, delete. Built-in chains are refused
+    given; within a table chains are declared in order rules, create, flush, delete. Built-in chains are refused
     (declaring one would reset its policy and counters; use :meth:`Iptables.ensure_jump`).
     """
     create = create or {}
+    flush = flush or {}
     delete = delete or {}
     out: list[str] = []
-    for table in dict.fromkeys([*rules, *create, *delete]):
+    for table in dict.fromkeys([*rules, *create, *flush, *delete]):
         chains = rules.get(table, {})
-        declared = dict.fromkeys([*chains, *create.get(table, ()), *delete.get(table, ())])
+        declared = dict.fromkeys([*chains, *create.get(table, ()), *flush.get(table, ()), *delete.get(table, ())])
         for chain in declared:
             if chain in BUILTIN_CHAINS:
                 raise ValueError(f"table {table}: built-in chain {chain} cannot be rewritten by a restore")
@@ -247,9 +251,10 @@ class Iptables:
 
     def apply(self, rules: Mapping[str, Mapping[str, Sequence[Rule]]], *,
               create: Mapping[str, Iterable[str]] | None = None,
+              flush: Mapping[str, Iterable[str]] | None = None,
               delete: Mapping[str, Iterable[str]] | None = None) -> str:
         """:func:`render_restore` + :meth:`restore`; returns the payload that was applied."""
-        text = render_restore(rules, create=create, delete=delete)
+        text = render_restore(rules, create=create, flush=flush, delete=delete)
         self.restore(text)
         return text
 
@@ -273,13 +278,13 @@ class Iptables:
 
     def exists(self, table: str, chain: str, rule: Rule) -> bool:
         """``-C``: is this exact rule in the chain?"""
-        args = rule.split() if isinstance(rule, str) else list(rule)
+        args = shlex.split(rule) if isinstance(rule, str) else list(rule)
         argv = [binary(self.mode, self.family), "-w", str(self.wait), "-t", table, "-C", chain, *args]
         return _netns.run(self.netns, argv, check=False).returncode == 0
 
     def delete(self, table: str, chain: str, rule: Rule) -> bool:
         """Delete one rule (every copy of it); False when it was not there."""
-        args = rule.split() if isinstance(rule, str) else list(rule)
+        args = shlex.split(rule) if isinstance(rule, str) else list(rule)
         removed = False
         while self.exists(table, chain, args):
             self._run("", ["-w", str(self.wait), "-t", table, "-D", chain, *args])
@@ -300,8 +305,7 @@ class Iptables:
         cut = next((i for i, a in enumerate(rule) if a in ("-j", "-g", "--jump", "--goto")), len(rule))
         full = [*rule[:cut], "-m", "comment", "--comment", comment, *rule[cut:]]  # where -S prints it
         current = self.list_rules(table, chain)
-        tag = f"--comment {quote_arg(comment)}"
-        tagged = [i for i, line in enumerate(current, start=1) if tag in line]
+        tagged = _tagged(current, comment)
         want = f"-A {chain} {render_rule(_canonical(full))}"
         if tagged == [1] and _same_rule(current[0], want):
             return False
@@ -315,13 +319,18 @@ class Iptables:
 
     def remove_jump(self, table: str, chain: str, comment: str) -> int:
         """Delete every rule in ``chain`` carrying ``comment``; returns how many."""
-        tag = f"--comment {quote_arg(clean_comment(comment))}"
-        tagged = [i for i, line in enumerate(self.list_rules(table, chain), start=1) if tag in line]
+        tagged = _tagged(self.list_rules(table, chain), clean_comment(comment))
         if tagged:
             body = "".join(f"-D {chain} {i}\n" for i in sorted(tagged, reverse=True))
             self.restore(f"*{table}\n{body}COMMIT\n")
             log.info("%s: %d rule(s) %r removed from %s/%s", self, len(tagged), comment, table, chain)
         return len(tagged)
+
+
+def _tagged(lines: Sequence[str], comment: str) -> list[int]:
+    """1-based positions of the rules whose comment is exactly ``comment``."""
+    tag = re.compile(r"--comment " + re.escape(quote_arg(comment)) + r"(\s|$)")
+    return [i for i, line in enumerate(lines, start=1) if tag.search(line)]
 
 
 def _canonical(args: Sequence[str]) -> list[str]:

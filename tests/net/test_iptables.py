@@ -114,7 +114,34 @@ def test_ensure_jump_stays_first(ipt: Iptables) -> None:
     assert ipt.list_rules("filter", "INPUT") == []
 
 
-def test_iptc_reads_legacy_chains(ns: str) -> None:
+def test_ensure_jump_with_matches_is_idempotent(ipt: Iptables) -> None:
+    IpsetRunner(netns=ipt.netns).sync([IpSet("kube-router-svip")])
+    ipt.apply({}, create={"filter": ["KUBE-ROUTER-SERVICES", "KUBE-ROUTER-TCP"]})
+    jump = ["-m", "set", "--match-set", "kube-router-svip", "dst", "-j", "KUBE-ROUTER-SERVICES"]
+    tcp = ["-p", "tcp", "--dport", "10250", "-j", "KUBE-ROUTER-TCP"]
+    assert ipt.ensure_jump("filter", "INPUT", jump, "kube-router svc")
+    assert ipt.ensure_jump("filter", "INPUT", tcp, "kube-router svc2")  # now first; "svc" second
+    assert not ipt.ensure_jump("filter", "INPUT", tcp, "kube-router svc2")
+    assert ipt.ensure_jump("filter", "INPUT", jump, "kube-router svc")  # moved back to the top
+    assert not ipt.ensure_jump("filter", "INPUT", jump, "kube-router svc")
+    assert len(ipt.list_rules("filter", "INPUT")) == 2  # a comment that prefixes another is not confused
+    assert ipt.exists("filter", "INPUT", '-p tcp -m tcp --dport 10250 -m comment --comment "kube-router svc2" '
+                                         "-j KUBE-ROUTER-TCP")
+
+
+@pytest.mark.parametrize("mode", MODES, ids=str)
+def test_ipv6_restore(ns: str, mode: Mode) -> None:
+    need_tools(f"ip6tables-{mode}-restore")
+    ipt = Iptables(mode, "ipv6", netns=ns)
+    ipt.apply({"filter": {"KUBE-ROUTER-INPUT": [["-s", "fd00::/8", "-p", "ipv6-icmp", "-j", "ACCEPT"]]}})
+    assert ipt.list_rules("filter", "KUBE-ROUTER-INPUT") == ["-A KUBE-ROUTER-INPUT -s fd00::/8 -p ipv6-icmp -j ACCEPT"]
+    assert "KUBE-ROUTER-INPUT" not in Iptables(mode, netns=ns).save("filter")  # IPv4 untouched
+
+
+def test_iptc_reads_legacy_chains(make_ns) -> None:
+    ns, other = make_ns(), make_ns()
+    Iptables(Mode.LEGACY, netns=other).apply({"filter": {"KUBE-ROUTER-OTHER": []}})
+    assert list(iptc_read_chains("filter", netns=other)) == ["KUBE-ROUTER-OTHER"]
     ipt = Iptables(Mode.LEGACY, netns=ns)
     ipt.apply({"filter": {"KUBE-ROUTER-INPUT": [["-s", "10.0.0.1/32", "-p", "tcp", "--dport", "80", "-j", "ACCEPT"]],
                           "OTHER": [["-j", "RETURN"]]}})
@@ -122,6 +149,7 @@ def test_iptc_reads_legacy_chains(ns: str) -> None:
     assert list(chains) == ["KUBE-ROUTER-INPUT"]
     (rule,) = chains["KUBE-ROUTER-INPUT"]
     assert rule["src"] == "10.0.0.1/32" and rule["tcp"] == {"dport": "80"} and rule["target"] == "ACCEPT"
+    assert iptc_read_chains("filter", netns=ns) == chains  # the cached libiptc handle is refreshed each time
 
 
 @pytest.mark.parametrize("mode", MODES, ids=str)

@@ -34,7 +34,7 @@ NETPOL_MODEL = {
 
 
 def test_render_restore_golden(golden) -> None:
-    text = render_restore(NETPOL_MODEL, create={"filter": ["KUBE-NWPLCY-DEFAULT"]},
+    text = render_restore(NETPOL_MODEL, create={"filter": ["KUBE-NWPLCY-DEFAULT"]}, flush={"nat": ["KUBE-ROUTER-SNAT"]},
                           delete={"filter": ["KUBE-POD-FW-OLDGENERATION000"], "mangle": ["KUBE-ROUTER-OLD"]})
     golden("iptables_restore.txt", text)
 
