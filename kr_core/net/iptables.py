@@ -304,24 +304,31 @@ class Iptables:
         rule = list(rule)
         cut = next((i for i, a in enumerate(rule) if a in ("-j", "-g", "--jump", "--goto")), len(rule))
         full = [*rule[:cut], "-m", "comment", "--comment", comment, *rule[cut:]]  # where -S prints it
-        current = self.list_rules(table, chain)
-        tagged = _tagged(current, comment)
         want = f"-A {chain} {render_rule(_canonical(full))}"
-        if tagged == [1] and _same_rule(current[0], want):
-            return False
-        lines = [f"*{table}"]
-        lines += [f"-D {chain} {i}" for i in sorted(tagged, reverse=True)]
-        lines.append(f"-I {chain} 1 {render_rule(full)}")
-        lines.append("COMMIT")
-        self.restore("\n".join(lines) + "\n")
-        log.info("%s: jump %r placed first in %s/%s (replaced %d)", self, comment, table, chain, len(tagged))
-        return True
+        for attempt in (1, 2):
+            current = self.list_rules(table, chain)
+            tagged = _tagged(current, comment)
+            if tagged == [1] and _same_rule(current[0], want):
+                return False
+            # delete by spec, not by number: a rule another tool inserts meanwhile is never hit
+            lines = [f"*{table}", *(f"-D {current[i - 1][3:]}" for i in tagged),
+                     f"-I {chain} 1 {render_rule(full)}", "COMMIT"]
+            try:
+                self.restore("\n".join(lines) + "\n")
+            except IptablesError:
+                if attempt == 2:
+                    raise
+                continue  # the chain changed between -S and the restore: read it again
+            log.info("%s: jump %r placed first in %s/%s (replaced %d)", self, comment, table, chain, len(tagged))
+            return True
+        raise AssertionError("unreachable")
 
     def remove_jump(self, table: str, chain: str, comment: str) -> int:
-        """Delete every rule in ``chain`` carrying ``comment``; returns how many."""
-        tagged = _tagged(self.list_rules(table, chain), clean_comment(comment))
+        """Delete every rule in ``chain`` carrying ``comment`` (by spec, in one restore); returns how many."""
+        current = self.list_rules(table, chain)
+        tagged = _tagged(current, clean_comment(comment))
         if tagged:
-            body = "".join(f"-D {chain} {i}\n" for i in sorted(tagged, reverse=True))
+            body = "".join(f"-D {current[i - 1][3:]}\n" for i in tagged)
             self.restore(f"*{table}\n{body}COMMIT\n")
             log.info("%s: %d rule(s) %r removed from %s/%s", self, len(tagged), comment, table, chain)
         return len(tagged)
