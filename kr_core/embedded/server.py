@@ -11,6 +11,7 @@ import logging
 import select
 import socket
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -26,7 +27,7 @@ from kr_core.embedded.registry import Registry
 from kr_core.embedded.resources import Resource
 from kr_core.embedded.store import Store
 from kr_core.embedded.tables import to_table, wants_table
-from kr_core.embedded.watch import stream
+from kr_core.embedded.watch import FLUSH, stream
 
 log = logging.getLogger(__name__)
 OPEN_PATHS = {"/healthz", "/livez", "/readyz"}
@@ -83,7 +84,8 @@ class Handler(BaseHTTPRequestHandler):
     api: ApiServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        log.debug("%s - %s", self.address_string(), format % args)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s - %s", self.address_string(), format % args)
 
     def setup(self) -> None:
         super().setup()
@@ -304,14 +306,29 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         self.close_connection = True
         first = True
+        buf: list[bytes] = []
+
+        def flush() -> None:
+            if buf:
+                data = b"".join(buf)
+                buf.clear()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+
         try:
             for ev in events:
+                if ev is FLUSH:
+                    flush()
+                    continue
                 if table and ev["type"] in ("ADDED", "MODIFIED", "DELETED"):
                     ev = {"type": ev["type"], "object": to_table(route.res, ev["object"], headers=first)}
                     first = False
-                data = json.dumps(ev, separators=(",", ":")).encode() + b"\n"
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-                self.wfile.flush()
+                    buf.append(json.dumps(ev, separators=(",", ":")).encode() + b"\n")
+                else:
+                    buf.append(self.api.encoder.encode(route.res.kind, ev))
+                if len(buf) >= 256:
+                    flush()
+            flush()
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError, OSError):
@@ -320,6 +337,32 @@ class Handler(BaseHTTPRequestHandler):
             close = getattr(events, "close", None)
             if close is not None:
                 close()
+
+
+class EventEncoder:
+    """Watch events as JSON lines. Every watcher of a kind sends the same bytes for one change, so
+    ADDED/MODIFIED/DELETED lines are cached by (kind, type, resourceVersion): in one server a
+    resourceVersion names one write, hence one object state."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._cache: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self._size = size
+
+    def encode(self, kind: str, ev: dict[str, Any]) -> bytes:
+        rv = ((ev.get("object") or {}).get("metadata") or {}).get("resourceVersion")
+        if ev["type"] not in ("ADDED", "MODIFIED", "DELETED") or not rv:
+            return json.dumps(ev, separators=(",", ":")).encode() + b"\n"
+        key = (kind, ev["type"], rv)
+        with self._lock:
+            data = self._cache.get(key)
+        if data is None:
+            data = json.dumps(ev, separators=(",", ":")).encode() + b"\n"
+            with self._lock:
+                self._cache[key] = data
+                while len(self._cache) > self._size:
+                    self._cache.popitem(last=False)
+        return data
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -366,6 +409,7 @@ class ApiServer:
                                    node_cidr_mask_size, node_cidr_mask_size_v6)
         self.registry = Registry(self.store, self.allocator)
         self.controller = EndpointSliceController(self.store, self.registry)
+        self.encoder = EventEncoder()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()

@@ -11,6 +11,8 @@ from kr_core.embedded.resources import Resource
 from kr_core.embedded.store import Event, Expired, Store, Watcher
 
 Predicate = Callable[[Mapping[str, Any]], bool]
+# Yielded (by identity) when the stream is about to wait: the writer should send what it has buffered.
+FLUSH: dict[str, Any] = {"type": "FLUSH"}
 
 
 def _translate(ev: Event, pred: Predicate) -> str | None:
@@ -82,6 +84,8 @@ def _run(store: Store, res: Resource, pred: Predicate, watcher: Watcher, snapsho
         deadline = start + timeout if timeout else None
         next_bookmark = start + bookmark_interval
         while not stopping():
+            if watcher.queue.empty():
+                yield FLUSH
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return
