@@ -177,6 +177,18 @@ def _installed_plugins() -> dict[str, Any]:
     return {d.name: d for d in discover()}
 
 
+def node_info(st: LabState, node: NodeInfo) -> dict[str, str]:
+    """Every NodeSystemInfo field (the official Python client requires them all)."""
+    import platform
+    import uuid
+
+    ident = str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{st.name}.{node.name}.kr-lab"))
+    return {"architecture": {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine()),
+            "bootID": ident, "containerRuntimeVersion": "kr-lab://0", "kernelVersion": platform.release(),
+            "kubeProxyVersion": "", "kubeletVersion": "v1.32.0-kr-lab", "machineID": ident.replace("-", ""),
+            "operatingSystem": "linux", "osImage": "kr lab (network namespace)", "systemUUID": ident}
+
+
 def node_object(st: LabState, node: NodeInfo) -> dict[str, Any]:
     addrs = [{"type": "InternalIP", "address": node.ip4}]
     if node.ip6:
@@ -189,7 +201,7 @@ def node_object(st: LabState, node: NodeInfo) -> dict[str, Any]:
         "spec": {},
         "status": {"addresses": addrs, "conditions": [
             {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "lab kubelet is posting ready status"}],
-            "nodeInfo": {"kubeletVersion": "v1.32.0-kr-lab", "operatingSystem": "linux", "architecture": "amd64"}},
+            "nodeInfo": node_info(st, node)},
     }
 
 

@@ -64,6 +64,18 @@ def test_status_kubeconfig_and_scheduler(lab):
     assert all(n["spec"]["podCIDR"] and n["status"]["addresses"][0]["type"] == "InternalIP" for n in nodes)
 
 
+def test_official_python_client_through_host_kubeconfig(lab):
+    from kubernetes import client, config, watch
+
+    api = client.CoreV1Api(config.new_client_from_config(str(LabState.load(LAB).kubeconfig)))
+    assert [n.metadata.name for n in api.list_node().items] == ["node-1", "node-2"]
+    pods = {p.metadata.name: p for p in api.list_namespaced_pod("default").items}
+    assert pods["a"].status.phase == "Running" and pods["a"].status.pod_ip
+    events = [ev["object"].metadata.name for ev in watch.Watch().stream(api.list_namespaced_pod, "default",
+                                                                          timeout_seconds=1)]
+    assert "a" in events
+
+
 def test_pod_status_and_netns(lab):
     a, c = lab["default/a"], lab["default/c"]
     node1 = LabState.load(LAB).node("node-1")
