@@ -121,28 +121,35 @@ class Registry:
             meta["namespace"] = namespace or meta.get("namespace") or "default"
         else:
             meta.pop("namespace", None)
+        generated = not meta.get("name") and bool(meta.get("generateName"))
+        if generated:
+            meta["name"] = self._generate(meta["generateName"])
+        for k in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink", "managedFields"):
+            meta.pop(k, None)
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = now()
+        if res.kind == "NetworkPolicy":
+            meta["generation"] = 1
+        # Defaulting and validation depend on the body only: do them before taking the store lock.
+        apply_defaults(res.kind, obj)
+        self._validate(res, obj)
+        key_ns = _ns_key(res, meta.get("namespace"))
         with self.store.lock():
-            if not meta.get("name") and meta.get("generateName"):
-                for _ in range(100):
-                    cand = meta["generateName"] + "".join(random.choice(_NAME_CHARS) for _ in range(5))
-                    if self.store.peek(res.kind, _ns_key(res, meta.get("namespace")), cand) is None:
-                        meta["name"] = cand
-                        break
-            for k in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink", "managedFields"):
-                meta.pop(k, None)
-            meta["uid"] = str(uuid.uuid4())
-            meta["creationTimestamp"] = now()
-            if res.kind == "NetworkPolicy":
-                meta["generation"] = 1
-            apply_defaults(res.kind, obj)
-            self._validate(res, obj)
             self._check_namespace(res, meta.get("namespace"))
-            if self.store.peek(res.kind, _ns_key(res, meta.get("namespace")), meta["name"]) is not None:
+            for _ in range(100):
+                if not generated or self.store.peek(res.kind, key_ns, meta["name"]) is None:
+                    break
+                meta["name"] = self._generate(meta["generateName"])
+            if self.store.peek(res.kind, key_ns, meta["name"]) is not None:
                 raise errors.already_exists(res.group, res.plural, meta["name"])
             if dry_run:
                 return obj
             self._allocate(res, obj, None)
             return self.store.put(res.kind, obj, "ADDED")
+
+    @staticmethod
+    def _generate(prefix: str) -> str:
+        return prefix + "".join(random.choice(_NAME_CHARS) for _ in range(5))
 
     def get(self, res: Resource, namespace: str | None, name: str) -> dict[str, Any]:
         obj = self.store.get(res.kind, _ns_key(res, namespace), name)
