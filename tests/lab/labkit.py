@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from kr_core.lab.state import lab_netns_re, state_dir
+from kr_core.lab.kube import Kube
+from kr_core.lab.state import LabState, lab_netns_re, state_dir
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,18 +46,38 @@ def pod_manifest(name: str, *, ns: str = "default", node: str | None = None, por
             "metadata": {"name": name, "namespace": ns, "labels": labels or {"app": name}}, "spec": spec}
 
 
+def client(name: str) -> Kube:
+    st = LabState.load(name)
+    assert st is not None, f"no lab {name}"
+    return Kube.from_kubeconfig(str(st.kubeconfig))
+
+
 def apply(name: str, *objs: dict[str, Any]) -> None:
-    # YAML documents written as JSON: quoted strings (a label "y" must not become a YAML 1.1 bool for kubectl)
-    kubectl(name, "apply", "-f", "-", stdin="".join(f"---\n{json.dumps(o)}\n" for o in objs))
+    """Create the objects: with kubectl when it is installed (what users do), else through the API directly."""
+    if shutil.which("kubectl"):
+        # YAML documents written as JSON: quoted strings (a label "y" must not become a YAML 1.1 bool for kubectl)
+        kubectl(name, "apply", "-f", "-", stdin="".join(f"---\n{json.dumps(o)}\n" for o in objs))
+        return
+    kube = client(name)
+    for o in objs:
+        kube.create(f"/api/v1/namespaces/{o['metadata'].get('namespace', 'default')}/pods", o)
+
+
+def delete_pods(name: str, *keys: str) -> None:
+    kube = client(name)
+    for key in keys:
+        ns, _, pod = key.partition("/")
+        kube.delete(f"/api/v1/namespaces/{ns}/pods/{pod}")
 
 
 def wait_running(name: str, keys: list[str], timeout: float = 30) -> dict[str, dict[str, Any]]:
     """Wait until every ``ns/name`` pod is Running with an IP; returns them by key."""
+    kube = client(name)
     deadline = time.monotonic() + timeout
     got: dict[str, dict[str, Any]] = {}
     while time.monotonic() < deadline:
-        pods = json.loads(kubectl(name, "get", "pods", "-A", "-o", "json"))["items"]
-        got = {f"{p['metadata']['namespace']}/{p['metadata']['name']}": p for p in pods}
+        got = {f"{p['metadata']['namespace']}/{p['metadata']['name']}": p
+               for p in kube.get("/api/v1/pods").get("items") or []}
         if all(k in got and (got[k].get("status") or {}).get("phase") == "Running"
                and (got[k].get("status") or {}).get("podIP") for k in keys):
             return got

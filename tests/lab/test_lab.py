@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import time
 import pytest
 
 from kr_core.lab.state import LabState
-from tests.lab.labkit import REPO, apply, kr_lab, kubectl, leftovers, pod_manifest, wait_running
+from tests.lab.labkit import REPO, apply, client, delete_pods, kr_lab, kubectl, leftovers, pod_manifest, wait_running
 
 pytestmark = [
     pytest.mark.root,
@@ -60,8 +61,22 @@ def test_status_kubeconfig_and_scheduler(lab):
     assert kr_lab("kubeconfig", "--name", LAB).stdout.strip() == str(LabState.load(LAB).kubeconfig)
     text = kr_lab("status", "--name", LAB).stdout
     assert "healthy" in text and "default/a" in text
-    nodes = json.loads(kubectl(LAB, "get", "nodes", "-o", "json"))["items"]
+    nodes = client(LAB).get("/api/v1/nodes")["items"]
     assert all(n["spec"]["podCIDR"] and n["status"]["addresses"][0]["type"] == "InternalIP" for n in nodes)
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kubectl(lab):
+    out = kubectl(LAB, "get", "pods", "-o", "wide")
+    assert "Running" in out and "node-1" in out
+    nodes = json.loads(kubectl(LAB, "get", "nodes", "-o", "json"))["items"]
+    assert [n["metadata"]["name"] for n in nodes] == ["node-1", "node-2"]
+    kubectl(LAB, "run", "kc", "--image=lab", "--port=8081", "--overrides",
+            json.dumps({"spec": {"nodeName": "node-1"}}))
+    wait_running(LAB, ["default/kc"])
+    rc, r = probe("default/a", "default/kc", "8081")
+    assert rc == 0 and r["answer"] == "default/kc"
+    kubectl(LAB, "delete", "pod", "kc")
 
 
 def test_official_python_client_through_host_kubeconfig(lab):
@@ -145,7 +160,7 @@ def test_host_network_pod_and_teardown(lab):
     rc, r = probe("default/a", "default/hn", "8080")
     assert rc == 0 and r["answer"] == "default/hn"
     before = set(os.listdir("/run/netns"))
-    kubectl(LAB, "delete", "pod", "gone", "hn")
+    delete_pods(LAB, "default/gone", "default/hn")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and set(os.listdir("/run/netns")) == before:
         time.sleep(0.1)
