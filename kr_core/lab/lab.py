@@ -354,6 +354,17 @@ def wait_ready(st: LabState, timeout: float = 60.0, say: Say = _quiet) -> None:
                    f"{sorted(agents) or 'ok'} (logs in {st.dir})")
 
 
+@contextlib.contextmanager
+def running(name: str, nodes: int = 2, **kw: Any) -> Iterator[LabState]:
+    """A lab for the duration of a ``with`` block (tests): ``with running("t1", static_routes=True) as st:``.
+    It is removed on exit, whatever happened."""
+    down(name)
+    try:
+        yield up(name, nodes, **kw)
+    finally:
+        down(name)
+
+
 # ----------------------------------------------------------------------------------------------- down
 
 
