@@ -133,6 +133,17 @@ def test_matrix_json_and_text(lab):
     assert "default/a" in text and "X" not in text.split("\n", 1)[1]
 
 
+def test_matrix_to_services_and_probe_service(lab):
+    """Columns are the Services with the port; whether they answer depends on the service-proxy plugin."""
+    client(LAB).create("/api/v1/namespaces/default/services", {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "ab"},
+        "spec": {"selector": {"app": "a"}, "ports": [{"port": 80}]}})
+    m = json.loads(kr_lab("matrix", "--name", LAB, "--to", "service", "--timeout", "0.3", "--json").stdout)
+    assert m["to"] == "service" and set(m["reachable"]["default/a"]) == {"default/ab"}
+    rc, r = probe("default/b", "svc/default/ab", "80", "--timeout", "0.3")
+    assert r["expected"] == ["default/a"] and r["to"] == "svc/default/ab" and rc == (0 if r["connected"] else 1)
+
+
 def test_drop_is_reported_blocked(lab):
     """A plain iptables DROP in node-1's FORWARD chain blocks bridged (br_netfilter) and routed traffic."""
     node_ns = LabState.load(LAB).node("node-1").netns
