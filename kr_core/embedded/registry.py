@@ -45,6 +45,32 @@ def _filter(res: Resource, label_selector: str | None, field_selector: str | Non
     return pred
 
 
+def _drop_type_dependent_fields(svc: dict[str, Any], old: dict[str, Any]) -> None:
+    """As kube-apiserver does on a Service type change: fields that only make sense for the old type
+    are cleared unless the update itself set them."""
+    spec, ospec = svc.get("spec") or {}, old.get("spec") or {}
+    typ, otyp = spec.get("type", "ClusterIP"), ospec.get("type", "ClusterIP")
+    if typ == otyp:
+        return
+    node_types = ("NodePort", "LoadBalancer")
+    if typ not in node_types and otyp in node_types:
+        for f in ("externalTrafficPolicy", "healthCheckNodePort"):
+            if f in spec and spec.get(f) == ospec.get(f):
+                spec.pop(f)
+        old_node_ports = {p.get("nodePort") for p in ospec.get("ports") or []}
+        for p in spec.get("ports") or []:
+            if isinstance(p, dict) and p.get("nodePort") in old_node_ports:
+                p.pop("nodePort")
+    if typ != "LoadBalancer" and otyp == "LoadBalancer":
+        for f in ("allocateLoadBalancerNodePorts", "loadBalancerClass"):
+            if f in spec and spec.get(f) == ospec.get(f):
+                spec.pop(f)
+    if typ == "ExternalName":
+        for f in ("sessionAffinity", "internalTrafficPolicy", "sessionAffinityConfig"):
+            if spec.get(f) == ospec.get(f):
+                spec.pop(f, None)
+
+
 class Registry:
     def __init__(self, store: Store, allocator: Allocator) -> None:
         self.store = store
@@ -223,6 +249,8 @@ class Registry:
                 obj["status"] = jcopy(old["status"])
             else:
                 obj.pop("status", None)
+        if res.kind == "Service":
+            _drop_type_dependent_fields(obj, old)
         if res.kind == "NetworkPolicy" and obj.get("spec") != old.get("spec"):
             obj["metadata"]["generation"] = int(ometa.get("generation", 1)) + 1
         apply_defaults(res.kind, obj)

@@ -383,3 +383,16 @@ def test_invalid_network_policy_selectors(net: client.NetworkingV1Api) -> None:
                       "spec.ingress[0].from[0].namespaceSelector.matchExpressions[0].values",
                       "spec.ingress[0].from[0].podSelector.matchExpressions[0].values",
                       "spec.ingress[0].from[1]"}
+
+
+def test_service_type_changes(core: client.CoreV1Api) -> None:
+    lb = core.create_namespaced_service("default", service("s", type="LoadBalancer", externalTrafficPolicy="Local"))
+    ports = {lb.spec.ports[0].node_port, lb.spec.health_check_node_port}
+    cip = core.patch_namespaced_service("s", "default", {"spec": {"type": "ClusterIP"}})
+    assert cip.spec.external_traffic_policy is None and cip.spec.health_check_node_port is None
+    assert cip.spec.ports[0].node_port is None and cip.spec.cluster_ip == lb.spec.cluster_ip
+    np = core.create_namespaced_service("default", service("t", type="NodePort", ports=[
+        {"port": 80, "nodePort": min(ports)}, ]))
+    assert np.spec.ports[0].node_port == min(ports)  # released by the type change
+    back = core.patch_namespaced_service("s", "default", {"spec": {"type": "NodePort"}})
+    assert back.spec.external_traffic_policy == "Cluster" and back.spec.ports[0].node_port not in (None, min(ports))
