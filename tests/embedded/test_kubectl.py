@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,8 @@ def test_get_watch(kubectl: Any, tmp_path: Path) -> None:
     kubectl("create", "-f", str(f))
     proc = subprocess.Popen([KUBECTL, "get", "pods", "-w", "--no-headers"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=kubectl.env)
+    guard = threading.Timer(20, proc.kill)  # never hang the suite on a missing line
+    guard.start()
     try:
         first = proc.stdout.readline()  # type: ignore[union-attr]
         assert first.split()[:3] == ["p1", "0/1", "Pending"]
@@ -149,6 +152,7 @@ def test_get_watch(kubectl: Any, tmp_path: Path) -> None:
         second = proc.stdout.readline()  # type: ignore[union-attr]
         assert second.split()[0] == "p1"
     finally:
+        guard.cancel()
         proc.kill()
         proc.wait(timeout=5)
         proc.stdout.close()  # type: ignore[union-attr]
