@@ -151,7 +151,9 @@ class Handler(BaseHTTPRequestHandler):
         token = self.api.token
         if token is None or path in OPEN_PATHS:
             return True
-        return hmac.compare_digest(self.headers.get("Authorization", "").encode(), f"Bearer {token}".encode())
+        scheme, _, given = self.headers.get("Authorization", "").strip().partition(" ")
+        # auth schemes are case-insensitive (the client's in-cluster loader sends "bearer <token>")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
     def _dispatch(self) -> None:
         try:

@@ -16,10 +16,10 @@ from kr_core.embedded import ApiServer
 from .conftest import api_client, pod, service
 
 
-def raw(srv: ApiServer, path: str, token: str | None = None) -> tuple[int, Any]:
+def raw(srv: ApiServer, path: str, token: str | None = None, scheme: str = "Bearer") -> tuple[int, Any]:
     req = urllib.request.Request(srv.url + path)
     if token:
-        req.add_header("Authorization", f"Bearer {token}")
+        req.add_header("Authorization", f"{scheme} {token}")
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
             return r.status, json.loads(r.read())
@@ -220,6 +220,8 @@ def test_token_required(make_server: Any, tmp_path: Path) -> None:
     assert raw(srv, "/api/v1/namespaces")[0] == 401
     assert raw(srv, "/api/v1/namespaces", token="wrong")[0] == 401
     assert raw(srv, "/api/v1/namespaces", token="s3cret")[0] == 200
+    assert raw(srv, "/api/v1/namespaces", token="s3cret", scheme="bearer")[0] == 200  # in-cluster loader's spelling
+    assert raw(srv, "/api/v1/namespaces", token="s3cret", scheme="Basic")[0] == 401
     c = api_client(srv, tmp_path / "kc")
     assert len(client.CoreV1Api(c).list_namespace().items) == 4
     c.close()
