@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from typing import Any
 
@@ -12,6 +13,13 @@ from kr_core.model import EndpointSlice, Namespace, NetworkPolicy, Node, Pod, Se
 
 # tests marked @pytest.mark.vm run inside the User-Mode Linux VM (one boot for all of them)
 pytest_plugins = ["kr_core.lab.vmtest"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def make_service(name: str, ns: str = "default", ip: str = "10.96.0.10", rv: str = "1", **spec: Any) -> Service:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,12 @@ import pytest
 
 from kr_core.embedded import ApiServer
 
+from ..conftest import free_port
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="kr run needs root")
 
 KR = [sys.executable, "-m", "kr_core.cli"]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(pred, timeout: float = 20.0, what: str = "") -> None:
@@ -57,7 +53,7 @@ spec:
 
 @pytest.fixture
 def cluster(tmp_path: Path):
-    port = _free_port()
+    port = free_port()
     data = tmp_path / "api.db"
     srv = ApiServer(data_path=str(data), host="127.0.0.1", port=port, bookmark_interval=1.0)
     srv.start()
@@ -78,7 +74,7 @@ def cluster(tmp_path: Path):
 def test_kr_run_sees_kubectl_changes_and_survives_apiserver_restart(cluster, tmp_path):
     kubeconfig, restart = cluster
     hosts = tmp_path / "services.hosts"
-    hp = _free_port()
+    hp = free_port()
     cfg = tmp_path / "kr.yaml"
     cfg.write_text(f"plugins:\n  enabled: [hostsfile]\nhealth-addr: 127.0.0.1\nhealth-port: {hp}\n"
                    f"hostsfile:\n  path: {hosts}\n")
@@ -125,7 +121,7 @@ def test_kr_run_sees_kubectl_changes_and_survives_apiserver_restart(cluster, tmp
 
 
 def test_kr_run_unreachable_apiserver_fails_with_cache_sync_timeout(tmp_path):
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(f"""apiVersion: v1
 kind: Config

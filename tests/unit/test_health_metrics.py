@@ -12,14 +12,8 @@ import urllib.request
 from kr_core import HealthReport, PluginInfo, hookimpl
 from kr_core.health import HealthChecker
 
-from ..conftest import make_service, recording_plugin
+from ..conftest import free_port, make_service, recording_plugin
 from .agent_fixture import make_agent  # noqa: F401 - fixture
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -55,7 +49,7 @@ def test_heartbeat_semantics_as_kube_router():
 
 
 def test_healthz_metrics_state_endpoints(make_agent, recorder):  # noqa: F811
-    hp, mp = _free_port(), _free_port()
+    hp, mp = free_port(), free_port()
     cls = recording_plugin("rec", "service-proxy", recorder)
     agent, src = make_agent(cls, serve_http=True,
                             flags={"health-addr": "127.0.0.1", "health-port": hp, "metrics-addr": "127.0.0.1",
@@ -98,7 +92,7 @@ def test_missed_heartbeat_fails_healthz(make_agent):  # noqa: F811
             if Stuck.calls > 1:
                 raise RuntimeError("iptables-restore: resource busy")
 
-    hp = _free_port()
+    hp = free_port()
     agent, _ = make_agent(Stuck, serve_http=True, flags={"health-addr": "127.0.0.1", "health-port": hp})
     agent.start()
     c = Clock()
