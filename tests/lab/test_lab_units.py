@@ -82,3 +82,17 @@ def test_format_matrix():
     assert rows[0].split()[1:] == [".", "X"] and rows[1].split()[1:] == [".", "."]
     assert "1 = x/a" in text and "2 = x/b" in text
     assert "(no pods)" in format_matrix({"port": 80, "protocol": "TCP", "to": "pod", "reachable": {}})
+
+
+def test_missing_root_is_one_line(monkeypatch, capsys):
+    import os
+
+    from kr_core.lab import cli, demo
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert demo.main([]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "root" in err
+    assert cli.main(["up", "--name", "nolabhere"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "root" in err
