@@ -160,7 +160,7 @@ class Kubelet:
             log.info("pod %s: %s netns %s, %s", key, verb, ns, ",".join(ips))
         self.pods[key] = run
         ipv6 = any(":" in a for a in run.ips)
-        problems += self.responders.add(key, listen_ns, ports, ipv6=ipv6 and not host_network)
+        problems += self.responders.add(key, listen_ns, ports, ipv6=ipv6)
         for p in problems:
             log.warning("pod %s: port skipped: %s", key, p)
         log.info("pod %s: answering on %s", key, ", ".join(f"{p}/{n}" for p, n in ports) or "no ports")

@@ -326,6 +326,11 @@ def _up(st: LabState, user_cfg: dict[str, Any], installed: set[str], say: Say, t
                                        "--health-port", str(HEALTH_PORT), "--config", str(cfg),
                                        "--state-dir", str(st.dir / node.name / "agent-state")),
               ns=node.netns, node=node.name, log_name=f"{node.name}/agent.log")
+    if st.plugins == []:
+        say(f"lab {st.name}: no node agents (--plugins none)")
+    else:
+        chosen = ", ".join(st.plugins) if st.plugins is not None else "the default selection (see `kr plugins`)"
+        say(f"lab {st.name}: node agents: kr run with {chosen}; logs in {st.dir}/node-N/agent.log")
     wait_ready(st, timeout=timeout, say=say)
 
 
