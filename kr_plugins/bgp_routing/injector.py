@@ -1,0 +1,352 @@
+"""Learned BGP routes into the kernel: gobgpd best-path events -> batched netlink (kube-router's injectRoute).
+
+Two threads: ``bgp-watch`` reads gobgpd's ``WatchEvent`` stream (best paths, the current table first) and
+reconnects when gobgpd restarts; ``bgp-inject`` drains everything queued, keeps the last word per prefix, and
+applies it in one :func:`kr_core.net.links.apply_routes` batch. Every ``resync`` seconds
+(``--injected-routes-sync-period``) it re-applies all injected routes (self-heal after link flaps) and drops
+routes gobgpd did not confirm since it last (re)connected.
+
+Per learned path (:func:`decide`): same subnet as a local node IP -> ``dst via next-hop``; overlay needed
+(``--overlay-type=full``, or ``subnet`` and the next hop is in another subnet) -> a tunnel
+``tun-<hash>`` (ipip, fou or vxlan) and ``dst dev tun-<hash> src <node IP>`` plus a host route to the next
+hop in table 77; otherwise no kernel route. Withdrawn routes are deleted, unused tunnels removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from kr_core.net import netns as kr_netns
+from kr_core.net.links import RTPROT_ZEBRA, Route, apply_routes
+
+from .naming import tunnel_name
+from .speaker import LearnedPath, Speaker
+
+log = logging.getLogger("kr.bgp_routing.injector")
+
+OVERLAY_TABLE = 77
+
+
+@dataclass(frozen=True)
+class InjectConfig:
+    node_ip4: str = ""
+    node_ip6: str = ""
+    local_subnets: tuple[str, ...] = ()
+    own_prefixes: frozenset[str] = frozenset()
+    enable_overlay: bool = True
+    overlay_type: str = "subnet"  # subnet | full
+    encap: str = "ipip"  # ipip | fou | vxlan
+    encap_port: int = 5555
+
+
+@dataclass
+class Injected:
+    route: Route
+    next_hop: str
+    tunnel: str | None
+    gen: int
+
+
+def decide(next_hop: str, cfg: InjectConfig) -> str:
+    """'via', 'tunnel' or 'none' for a path with ``next_hop``."""
+    try:
+        nh = ipaddress.ip_address(next_hop)
+    except ValueError:
+        return "none"
+    same = any(nh in ipaddress.ip_network(s, strict=False) for s in cfg.local_subnets
+               if ipaddress.ip_network(s, strict=False).version == nh.version)
+    if cfg.enable_overlay and (cfg.overlay_type == "full" or not same):
+        return "tunnel"
+    return "via" if same else "none"
+
+
+def vxlan_vni(a: str, b: str) -> int:
+    """The same VNI on both ends of a point-to-point vxlan tunnel (Linux refuses two devices with one VNI)."""
+    return int(hashlib.sha256("|".join(sorted((a, b))).encode()).hexdigest()[:6], 16) or 1
+
+
+@dataclass
+class InjectStats:
+    received: int = 0
+    added: int = 0
+    removed: int = 0
+    syncs: int = 0
+    last_sync_seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+class Injector:
+    def __init__(self, make_speaker: Callable[[], Speaker], *, netns: str | None = None, resync: float = 60.0,
+                 on_stats: Callable[[str, float], None] | None = None) -> None:
+        self.make_speaker = make_speaker
+        self.netns = netns
+        self.resync = resync
+        self.on_stats = on_stats or (lambda kind, value: None)
+        self.cfg = InjectConfig()
+        self.routes: dict[str, Injected] = {}
+        self.tunnels: dict[str, str] = {}  # name -> next hop
+        self.pending: dict[str, LearnedPath] = {}  # paths waiting for a config (no node IP yet)
+        self.gen = 0
+        self.stats = InjectStats()
+        self.connected = threading.Event()
+        self._q: queue.Queue[list[LearnedPath] | str] = queue.Queue()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._speaker: Speaker | None = None
+        self._gen_started = time.monotonic()
+
+    # -------------------------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        self._stop.clear()
+        for name, fn in (("bgp-watch", self._watch_loop), ("bgp-inject", self._inject_loop)):
+            t = threading.Thread(target=fn, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._q.put("stop")
+        sp = self._speaker
+        if sp is not None:
+            sp.close()
+        for t in self._threads:
+            t.join(5)
+        self._threads.clear()
+
+    def configure(self, cfg: InjectConfig) -> None:
+        """New node IPs/subnets/overlay settings: re-decide every route on the inject thread."""
+        with self._lock:
+            if cfg == self.cfg:
+                return
+            self.cfg = cfg
+        self._q.put("reconfigure")
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [{"prefix": p, "next_hop": i.next_hop, "via": i.route.gateway or "", "dev": i.tunnel or "",
+                     "table": i.route.table} for p, i in sorted(self.routes.items())]
+
+    # -------------------------------------------------------------------------------- watch thread
+    def _watch_loop(self) -> None:
+        backoff = 0.2
+        while not self._stop.is_set():
+            try:
+                sp = self.make_speaker()
+                self._speaker = sp
+                sp.wait_ready(timeout=5)
+                self._q.put("reconnected")
+                self.connected.set()
+                backoff = 0.2
+                for batch in sp.watch_best():
+                    self._q.put(batch)
+            except (grpc.RpcError, grpc.FutureTimeoutError) as exc:
+                if self._stop.is_set():
+                    return
+                log.info("gobgpd watch stream ended (%s); reconnecting", exc.code() if isinstance(exc, grpc.RpcError)
+                         else "connect timeout")
+            except Exception:  # keep the watcher alive whatever happens
+                if self._stop.is_set():
+                    return
+                log.exception("gobgpd watch failed; reconnecting")
+            finally:
+                self.connected.clear()
+                with contextlib.suppress(Exception):
+                    if self._speaker is not None:
+                        self._speaker.close()
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    # -------------------------------------------------------------------------------- inject thread
+    def _inject_loop(self) -> None:
+        next_resync = time.monotonic() + self.resync
+        while not self._stop.is_set():
+            try:
+                item = self._q.get(timeout=max(0.0, next_resync - time.monotonic()))
+            except queue.Empty:
+                item = "resync"
+            items = [item]
+            while True:
+                try:
+                    items.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+            if "stop" in items:
+                return
+            paths: dict[str, LearnedPath] = {}
+            redo = resync = False
+            for it in items:
+                if isinstance(it, list):
+                    for p in it:
+                        if p.neighbor or p.withdraw:
+                            paths[p.prefix] = p
+                elif it == "reconnected":
+                    self.gen += 1
+                    self._gen_started = time.monotonic()
+                elif it == "reconfigure":
+                    redo = True
+                elif it == "resync":
+                    resync = True
+            try:
+                self._apply(paths, redo=redo, resync=resync)
+            except Exception as exc:  # a failed batch is retried on the next resync
+                log.exception("route injection failed")
+                self.stats.errors = [str(exc)]
+            if resync:
+                next_resync = time.monotonic() + self.resync
+
+    def _apply(self, paths: dict[str, LearnedPath], *, redo: bool, resync: bool) -> None:
+        t0 = time.monotonic()
+        with self._lock:
+            cfg = self.cfg
+        if not (cfg.node_ip4 or cfg.node_ip6):  # not configured yet: keep the paths for later
+            self.pending.update(paths)
+            return
+        if self.pending:
+            paths = {**self.pending, **paths}
+            self.pending = {}
+        replace: dict[str, Injected] = {}
+        delete: dict[str, Injected] = {}
+        if redo:  # settings changed: re-decide every route we hold
+            for prefix, inj in list(self.routes.items()):
+                paths.setdefault(prefix, LearnedPath(prefix, inj.next_hop, "redo", False, 6 if ":" in prefix else 4))
+        for prefix, p in paths.items():
+            old = self.routes.get(prefix)
+            if p.withdraw or prefix in cfg.own_prefixes or not p.next_hop:
+                if old:
+                    delete[prefix] = old
+                continue
+            self.stats.received += 1
+            self.on_stats("received", 1)
+            new = self._route_for(p, cfg)
+            if new is None:
+                if old:
+                    delete[prefix] = old
+                continue
+            new.gen = self.gen
+            if old and old.route == new.route:
+                old.gen = self.gen
+                continue
+            if old and (old.route.table != new.route.table or old.route.gateway is None) and old.tunnel != new.tunnel:
+                delete[prefix] = old
+            replace[prefix] = new
+        if resync:
+            stale_after = self._gen_started + 5.0  # give a fresh stream time to replay the table
+            for prefix, inj in self.routes.items():
+                if inj.gen < self.gen and time.monotonic() > stale_after and prefix not in replace:
+                    delete[prefix] = inj
+        repl_routes = [i.route for i in replace.values()]
+        extra: list[Route] = []
+        for inj in replace.values():
+            if inj.tunnel:
+                extra.append(Route(dst=f"{inj.next_hop}/{32 if ':' not in inj.next_hop else 128}",
+                                   oif=inj.route.oif, table=OVERLAY_TABLE))
+        del_routes = [Route(dst=i.route.dst, table=i.route.table, proto=RTPROT_ZEBRA) for i in delete.values()
+                      if i.route.dst not in replace]
+        if resync:  # self-heal: re-apply what we hold
+            repl_routes += [i.route for p, i in self.routes.items() if p not in replace and p not in delete]
+        if repl_routes or del_routes or extra:
+            res = apply_routes(replace=repl_routes + extra, delete=del_routes, netns=self.netns)
+            failed = {r.dst for op, r, _ in res.errors if op == "replace"}
+            for prefix in list(replace):
+                if replace[prefix].route.dst in failed:
+                    del replace[prefix]
+            self.stats.errors = [f"{op} {r.dst}: errno {e}" for op, r, e in res.errors[:5]]
+        with self._lock:
+            for prefix in delete:
+                if prefix not in replace:
+                    self.routes.pop(prefix, None)
+            self.routes.update(replace)
+        added, removed = len(replace), len([p for p in delete if p not in replace])
+        self.stats.added += added
+        self.stats.removed += removed
+        self.on_stats("added", added)
+        self.on_stats("removed", removed)
+        for prefix, inj in replace.items():
+            log.info("route %s: %s%s (learned from BGP)", prefix,
+                     f"via {inj.route.gateway}" if inj.route.gateway else f"dev {inj.tunnel}",
+                     "" if not inj.tunnel else f" to {inj.next_hop}")
+        for prefix in delete:
+            if prefix not in replace:
+                log.info("route %s: withdrawn, removed from the kernel", prefix)
+        self._gc_tunnels()
+        self.stats.syncs += 1
+        self.stats.last_sync_seconds = time.monotonic() - t0
+        self.on_stats("synced", len(self.routes))
+        self.on_stats("sync_time", self.stats.last_sync_seconds)
+
+    # -------------------------------------------------------------------------------- tunnels
+    def _route_for(self, p: LearnedPath, cfg: InjectConfig) -> Injected | None:
+        how = decide(p.next_hop, cfg)
+        if how == "none":
+            return None
+        if how == "via":
+            return Injected(Route(dst=p.prefix, gateway=p.next_hop), p.next_hop, None, self.gen)
+        local = cfg.node_ip6 if ":" in p.next_hop else cfg.node_ip4
+        if not local:
+            return None
+        name = tunnel_name(p.next_hop)
+        idx = self._ensure_tunnel(name, p.next_hop, local, cfg)
+        if idx is None:
+            return None
+        return Injected(Route(dst=p.prefix, oif=idx, prefsrc=local), p.next_hop, name, self.gen)
+
+    def _ip(self, *args: str, check: bool = True) -> Any:
+        return kr_netns.run(self.netns, ["ip", *args], check=check)
+
+    def _link_index(self, name: str) -> int | None:
+        r = self._ip("-o", "link", "show", "dev", name, check=False)
+        if r.returncode != 0:
+            return None
+        return int(r.stdout.split(":", 1)[0])
+
+    def _ensure_tunnel(self, name: str, remote: str, local: str, cfg: InjectConfig) -> int | None:
+        idx = self._link_index(name)
+        if idx is not None and self.tunnels.get(name) == remote:
+            return idx
+        if idx is not None:
+            self._ip("link", "del", name, check=False)
+        v6 = ":" in remote
+        if cfg.encap == "vxlan":
+            cmd = ["link", "add", name, "type", "vxlan", "id", str(vxlan_vni(local, remote)), "remote", remote,
+                   "local", local, "dstport", "4789"]
+        elif cfg.encap == "fou":
+            self._ip("fou", "add", "port", str(cfg.encap_port), "gue", *(["-6"] if v6 else []), check=False)
+            cmd = ["link", "add", name, "type", "ip6tnl" if v6 else "ipip", "remote", remote, "local", local,
+                   "ttl", "225", "encap", "gue", "encap-sport", "auto", "encap-dport", str(cfg.encap_port),
+                   "mode", "ip6ip6" if v6 else "ipip"]
+        else:
+            cmd = ["link", "add", name, "type", "ip6tnl" if v6 else "ipip", "remote", remote, "local", local,
+                   *(["mode", "ip6ip6"] if v6 else []), "ttl", "225"]
+        r = self._ip(*cmd, check=False)
+        if r.returncode != 0:
+            log.error("tunnel %s to %s (%s): %s", name, remote, cfg.encap, r.stderr.strip())
+            return None
+        self._ip("link", "set", name, "up")
+        if cfg.encap == "vxlan":  # L2 tunnel carrying routed traffic: answer ARP for what we route
+            kr_netns.run(self.netns, ["sysctl", "-qw", f"net.ipv4.conf.{name}.proxy_arp=1"], check=False)
+        self.tunnels[name] = remote
+        log.info("tunnel %s (%s) to %s created", name, cfg.encap, remote)
+        return self._link_index(name)
+
+    def _gc_tunnels(self) -> None:
+        used = {i.tunnel for i in self.routes.values() if i.tunnel}
+        for name in list(self.tunnels):
+            if name not in used:
+                self._ip("link", "del", name, check=False)
+                log.info("tunnel %s to %s removed (no route uses it)", name, self.tunnels.pop(name))
+
+    def cleanup_tunnels(self, names: Iterable[str]) -> None:
+        for n in names:
+            self._ip("link", "del", n, check=False)

@@ -1,0 +1,250 @@
+"""A thin typed client for gobgpd's gRPC API (GoBGP v3): global config, peers, paths, defined sets, policies.
+
+Only this module and :mod:`.injector` touch protobuf messages; the rest of the plugin works with the plain
+dataclasses of :mod:`.desired` and :mod:`.policy`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.any_pb2 import Any as PbAny
+
+from .desired import GlobalSpec, PeerSpec
+from .policy import DefinedSet, Statement
+from .stubs import GobgpApi
+
+log = logging.getLogger("kr.bgp_routing.speaker")
+
+RPC_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    address: str
+    asn: int
+    type: str  # internal / external
+    state: str  # ESTABLISHED, ACTIVE, ...
+    received: int = 0
+    accepted: int = 0
+    advertised: int = 0
+    uptime: int = 0
+
+
+@dataclass(frozen=True)
+class LearnedPath:
+    prefix: str
+    next_hop: str
+    neighbor: str
+    withdraw: bool
+    family: int
+
+
+class Speaker:
+    def __init__(self, g: GobgpApi, target: str) -> None:
+        self.g = g
+        self.target = target
+        self.channel = grpc.insecure_channel(target)
+        self.stub = g.grpc.GobgpApiStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    def family(self, fam: int) -> Any:
+        api = self.g.api
+        return api.Family(afi=api.Family.AFI_IP if fam == 4 else api.Family.AFI_IP6, safi=api.Family.SAFI_UNICAST)
+
+    # ------------------------------------------------------------------------------------------- global
+    def started(self) -> bool:
+        try:
+            r = self.stub.GetBgp(self.g.api.GetBgpRequest(), timeout=RPC_TIMEOUT)
+        except grpc.RpcError:
+            return False
+        return bool(getattr(r, "global").asn)
+
+    def start_bgp(self, spec: GlobalSpec) -> None:
+        api = self.g.api
+        gl = api.Global(asn=spec.asn, router_id=spec.router_id, listen_port=spec.port,
+                        listen_addresses=list(spec.listen_addresses))
+        if spec.graceful_restart:
+            gl.graceful_restart.CopyFrom(api.GracefulRestart(enabled=True, restart_time=spec.gr_time,
+                                                             deferral_time=spec.gr_deferral))
+        self.stub.StartBgp(api.StartBgpRequest(**{"global": gl}), timeout=RPC_TIMEOUT)
+
+    def stop_bgp(self) -> None:
+        self.stub.StopBgp(self.g.api.StopBgpRequest(), timeout=RPC_TIMEOUT)
+
+    # ------------------------------------------------------------------------------------------- peers
+    def _peer_msg(self, p: PeerSpec) -> Any:
+        api = self.g.api
+        peer = api.Peer(
+            conf=api.PeerConf(neighbor_address=p.address, peer_asn=p.asn, auth_password=p.password,
+                              description=p.description),
+            transport=api.Transport(remote_port=p.port, local_address=p.local_address),
+            timers=api.Timers(config=api.TimersConfig(connect_retry=p.connect_retry, hold_time=p.hold_time,
+                                                      keepalive_interval=max(1, p.hold_time // 3))),
+        )
+        if p.multihop_ttl >= 2:
+            peer.ebgp_multihop.CopyFrom(api.EbgpMultihop(enabled=True, multihop_ttl=p.multihop_ttl))
+        if p.rr_client:
+            peer.route_reflector.CopyFrom(api.RouteReflector(route_reflector_client=True,
+                                                             route_reflector_cluster_id=p.rr_cluster_id))
+        if p.graceful_restart:
+            peer.graceful_restart.CopyFrom(api.GracefulRestart(enabled=True, restart_time=p.gr_time,
+                                                               deferral_time=p.gr_deferral))
+        for fam in p.families:
+            afi = api.AfiSafi(config=api.AfiSafiConfig(family=self.family(fam), enabled=True))
+            if p.graceful_restart:
+                afi.mp_graceful_restart.CopyFrom(api.MpGracefulRestart(config=api.MpGracefulRestartConfig(enabled=True)))
+            peer.afi_safis.append(afi)
+        return peer
+
+    def add_peer(self, p: PeerSpec) -> None:
+        self.stub.AddPeer(self.g.api.AddPeerRequest(peer=self._peer_msg(p)), timeout=RPC_TIMEOUT)
+
+    def delete_peer(self, address: str) -> None:
+        self.stub.DeletePeer(self.g.api.DeletePeerRequest(address=address), timeout=RPC_TIMEOUT)
+
+    def list_peers(self) -> list[PeerStatus]:
+        api = self.g.api
+        out = []
+        for r in self.stub.ListPeer(api.ListPeerRequest(enable_advertised=True), timeout=RPC_TIMEOUT):
+            p = r.peer
+            recv = acc = adv = 0
+            for a in p.afi_safis:
+                recv += a.state.received
+                acc += a.state.accepted
+                adv += a.state.advertised
+            out.append(PeerStatus(
+                address=p.conf.neighbor_address, asn=p.conf.peer_asn or p.state.peer_asn,
+                type="internal" if p.state.type == api.INTERNAL else "external",
+                state=api.PeerState.SessionState.Name(p.state.session_state),
+                received=recv, accepted=acc, advertised=adv,
+                uptime=p.timers.state.uptime.seconds if p.timers.state.HasField("uptime") else 0,
+            ))
+        return out
+
+    # ------------------------------------------------------------------------------------------- paths
+    def _path(self, prefix: str, next_hop: str) -> Any:
+        api, attr = self.g.api, self.g.attr
+        net = ipaddress.ip_network(prefix, strict=False)
+        nlri, origin = PbAny(), PbAny()
+        nlri.Pack(attr.IPAddressPrefix(prefix=str(net.network_address), prefix_len=net.prefixlen))
+        origin.Pack(attr.OriginAttribute(origin=0))
+        pattrs = [origin]
+        nh = PbAny()
+        if net.version == 4:
+            nh.Pack(attr.NextHopAttribute(next_hop=next_hop))
+        else:
+            nh.Pack(attr.MpReachNLRIAttribute(family=self.family(6), next_hops=[next_hop], nlris=[nlri]))
+        pattrs.append(nh)
+        return api.Path(family=self.family(net.version), nlri=nlri, pattrs=pattrs)
+
+    def add_path(self, prefix: str, next_hop: str) -> bytes:
+        r = self.stub.AddPath(self.g.api.AddPathRequest(table_type=self.g.api.GLOBAL, path=self._path(prefix, next_hop)),
+                              timeout=RPC_TIMEOUT)
+        return bytes(r.uuid)
+
+    def delete_path(self, uuid: bytes, prefix: str) -> None:
+        net = ipaddress.ip_network(prefix, strict=False)
+        self.stub.DeletePath(self.g.api.DeletePathRequest(table_type=self.g.api.GLOBAL, family=self.family(net.version),
+                                                          uuid=uuid), timeout=RPC_TIMEOUT)
+
+    def decode_path(self, p: Any) -> LearnedPath | None:
+        attr = self.g.attr
+        n = attr.IPAddressPrefix()
+        if not p.nlri.Unpack(n):
+            return None
+        fam = 6 if ":" in n.prefix else 4
+        nh = ""
+        for a in p.pattrs:
+            if a.Is(attr.NextHopAttribute.DESCRIPTOR):
+                x = attr.NextHopAttribute()
+                a.Unpack(x)
+                nh = x.next_hop
+            elif a.Is(attr.MpReachNLRIAttribute.DESCRIPTOR):
+                x = attr.MpReachNLRIAttribute()
+                a.Unpack(x)
+                if x.next_hops:
+                    nh = x.next_hops[0]
+        neighbor = p.neighbor_ip if p.neighbor_ip not in ("", "<nil>") else ""
+        return LearnedPath(f"{n.prefix}/{n.prefix_len}", nh, neighbor, p.is_withdraw, fam)
+
+    def watch_best(self) -> Iterator[list[LearnedPath]]:
+        """Best-path events, starting with the current table (``init``). Ends with grpc.RpcError."""
+        api = self.g.api
+        flt = api.WatchEventRequest.Table.Filter
+        req = api.WatchEventRequest(table=api.WatchEventRequest.Table(filters=[flt(type=flt.BEST, init=True)]))
+        for ev in self.stub.WatchEvent(req):
+            out = []
+            for p in ev.table.paths:
+                lp = self.decode_path(p)
+                if lp is not None:
+                    out.append(lp)
+            if out:
+                yield out
+
+    def list_global(self, fam: int = 4) -> list[LearnedPath]:
+        api = self.g.api
+        out = []
+        for r in self.stub.ListPath(api.ListPathRequest(table_type=api.GLOBAL, family=self.family(fam)),
+                                    timeout=RPC_TIMEOUT):
+            for p in r.destination.paths:
+                if p.best:
+                    lp = self.decode_path(p)
+                    if lp:
+                        out.append(lp)
+        return out
+
+    # ------------------------------------------------------------------------------------------- policy
+    def _defined_set(self, ds: DefinedSet) -> Any:
+        api = self.g.api
+        if ds.kind == "prefix":
+            return api.DefinedSet(defined_type=api.PREFIX, name=ds.name, prefixes=[
+                api.Prefix(ip_prefix=p.prefix, mask_length_min=p.min_len, mask_length_max=p.max_len)
+                for p in sorted(ds.prefixes, key=lambda e: e.prefix)])
+        return api.DefinedSet(defined_type=api.NEIGHBOR, name=ds.name, list=sorted(ds.neighbors))
+
+    def add_defined_set(self, ds: DefinedSet) -> None:
+        self.stub.AddDefinedSet(self.g.api.AddDefinedSetRequest(defined_set=self._defined_set(ds)), timeout=RPC_TIMEOUT)
+
+    def delete_defined_set_entries(self, ds: DefinedSet) -> None:
+        self.stub.DeleteDefinedSet(self.g.api.DeleteDefinedSetRequest(defined_set=self._defined_set(ds), all=False),
+                                   timeout=RPC_TIMEOUT)
+
+    def _statement(self, name: str, s: Statement) -> Any:
+        api = self.g.api
+        actions = api.Actions(route_action=api.ACCEPT if s.action == "accept" else api.REJECT)
+        if s.next_hop_self:
+            actions.nexthop.CopyFrom(api.NexthopAction(self=True))
+        if s.communities:
+            actions.community.CopyFrom(api.CommunityAction(type=api.CommunityAction.ADD, communities=list(s.communities)))
+        if s.prepend_asn and s.prepend_repeat:
+            actions.as_prepend.CopyFrom(api.AsPrependAction(asn=s.prepend_asn, repeat=s.prepend_repeat))
+        return api.Statement(name=name, conditions=api.Conditions(
+            prefix_set=api.MatchSet(type=api.MatchSet.ANY, name=s.prefix_set),
+            neighbor_set=api.MatchSet(type=api.MatchSet.ANY, name=s.neighbor_set)), actions=actions)
+
+    def add_policy(self, name: str, statements: tuple[Statement, ...]) -> None:
+        api = self.g.api
+        pol = api.Policy(name=name, statements=[self._statement(f"{name}_stmt{i}", s) for i, s in enumerate(statements)])
+        self.stub.AddPolicy(api.AddPolicyRequest(policy=pol), timeout=RPC_TIMEOUT)
+
+    def delete_policy(self, name: str) -> None:
+        api = self.g.api
+        self.stub.DeletePolicy(api.DeletePolicyRequest(policy=api.Policy(name=name), all=True), timeout=RPC_TIMEOUT)
+
+    def assign(self, direction: str, policy: str, default_accept: bool) -> None:
+        api = self.g.api
+        a = api.PolicyAssignment(name="global", direction=api.EXPORT if direction == "export" else api.IMPORT,
+                                 policies=[api.Policy(name=policy)],
+                                 default_action=api.ACCEPT if default_accept else api.REJECT)
+        self.stub.SetPolicyAssignment(api.SetPolicyAssignmentRequest(assignment=a), timeout=RPC_TIMEOUT)
