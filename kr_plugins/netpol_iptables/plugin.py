@@ -1,14 +1,54 @@
-"""The netpol_iptables plugin (NetworkPolicy with iptables + ipset).
+"""The netpol_iptables plugin: NetworkPolicy with iptables + ipset, kube-router's semantics and layout.
 
-A registered skeleton: it declares its role and what it watches, and does nothing yet. Its own issue fills
-it in.
+Flow: the caches -> :class:`kr_core.net.netpol.Desired` (compiled policies, sets and members, local pods)
+-> :func:`.render.render` per family (pure) -> :class:`.dataplane.Dataplane` (only the difference: one
+ipset restore, one iptables-restore --noflush per family).
+
+* ``sync``: rebuild everything from the caches and apply the difference (also repairs the top-of-chain jumps).
+* ``on_pod``: only if phase, IPs, hostIP, labels or node changed (AC-N9). The pod's set memberships move;
+  when no rule text changed (any remote pod, a local pod whose policies stayed the same) that is one
+  ``ipset restore`` of add/del lines and no iptables call at all. Otherwise the rules are re-rendered and
+  only changed chains rewritten.
+* ``on_policy``: recompiled, re-rendered; only that policy's chains (and the pod chains jumping to it) change.
+* ``on_namespace``: only a label change matters (namespace selectors); ``on_node``: this node's pod CIDRs
+  (``--netpol-default-deny``).
 """
 
 from __future__ import annotations
 
-from kr_core import PluginInfo, Resource, Role
+import time
+from typing import Any, Literal
 
-__version__ = "0.1.0"
+import pydantic
+from prometheus_client import Counter, Gauge, Histogram
+
+from kr_core import Event, EventType, HealthReport, PluginContext, PluginInfo, Resource, Role, hookimpl
+from kr_core.model import Pod
+from kr_core.net.iptables import Mode
+from kr_core.net.netpol import Desired, naming
+
+from .dataplane import Dataplane
+from .render import Options, Ruleset, render
+
+__version__ = "0.2.0"
+
+
+class Config(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    iptables_mode: Literal["auto", "legacy", "nft"] = "auto"
+    """Which iptables backend to program; ``auto`` detects it like kube-proxy's iptables-wrapper."""
+    nflog: bool = True
+    """Log rejected packets to NFLOG group 100 (rate 10/minute, burst 10)."""
+
+
+def pod_changed(old: Pod | None, new: Pod | None) -> bool:
+    """AC-N9: an update matters only if phase, pod IPs, host IP, labels (or node, host network) changed."""
+    if old is None or new is None:
+        return True
+    return (old.phase != new.phase or old.pod_ips != new.pod_ips or old.host_ip != new.host_ip
+            or old.meta.labels != new.meta.labels or old.node_name != new.node_name
+            or old.host_network != new.host_network)
 
 
 class Plugin:
@@ -17,6 +57,162 @@ class Plugin:
         role=Role.NETWORK_POLICY,
         version=__version__,
         resources=frozenset({Resource.POD, Resource.NAMESPACE, Resource.NETWORKPOLICY, Resource.NODE}),
+        config_model=Config,
         description="NetworkPolicy with iptables + ipset",
-        implemented=False,
+        implemented=True,
     )
+
+    def __init__(self) -> None:
+        self.dp: Dataplane | None = None
+        self.desired: Desired | None = None
+        self.error = ""
+        self.last_sync = 0.0
+        self.seen_problems: set[tuple[str, str]] = set()
+
+    # ---------------------------------------------------------------------------------- lifecycle
+    @hookimpl
+    def configure(self, ctx: PluginContext) -> None:
+        self.ctx = ctx
+        self.cfg: Config = ctx.config or Config()
+        self.log = ctx.log
+        self.families = tuple(ctx.settings.families)
+        reg = ctx.metrics
+        self.m_sync = Histogram("kube_router_controller_iptables_sync_time", "Time to sync network policy",
+                                registry=reg)
+        self.m_chains = Gauge("kube_router_controller_policy_chains", "Active policy chains", registry=reg)
+        self.m_sets = Gauge("kube_router_controller_policy_ipsets", "Active policy ipsets", registry=reg)
+        self.m_problems = Counter("kr_netpol_iptables_bad_input_total",
+                                  "Policy rules/peers/ports skipped because of bad input", registry=reg)
+        self.m_members = Counter("kr_netpol_iptables_member_updates_total",
+                                 "Set-membership-only updates (no iptables call)", registry=reg)
+
+    @hookimpl
+    def start(self, ctx: PluginContext) -> None:
+        modes = {f: (Mode(self.cfg.iptables_mode) if self.cfg.iptables_mode != "auto" else "auto")
+                 for f in self.families}
+        self.dp = Dataplane(self.families, modes=modes)
+        self.dp.adopt()
+        self.desired = Desired(ctx.node_name, self.families, on_problem=self._problem)
+        self.log.info("network policy with iptables (%s) + ipset for families %s on node %s",
+                      ", ".join(f"IPv{f}: {m}" for f, m in self.dp.modes.items()), self.families, ctx.node_name)
+
+    @hookimpl
+    def sync(self, reason: str) -> None:
+        assert self.desired is not None
+        c = self.ctx.caches
+        t0 = time.monotonic()
+        self.desired.build(c.policies.list(), c.pods.list(), c.namespaces.list())
+        self._apply(f"full sync ({reason})")
+        assert self.dp is not None
+        self.dp.ensure_jumps()
+        self.last_sync = time.time()
+        self.m_sync.observe(time.monotonic() - t0)
+
+    @hookimpl
+    def on_pod(self, event: Event) -> None:
+        assert self.desired is not None and self.dp is not None
+        if event.type is EventType.MODIFIED and not pod_changed(event.old, event.new):
+            return
+        pod = event.new if event.type is not EventType.DELETED else None
+        key = event.obj.key
+        delta = self.desired.update_pod(key, pod)
+        if delta.rules_changed:
+            why = "local pod" if delta.local_changed else f"named ports of {sorted(delta.groups_changed)}"
+            self._apply(f"pod {key} {event.type.value}: {why} changed")
+            return
+        if delta.added or delta.removed:
+            n = self.dp.update_members([(m.set_name, m.family, m.ip) for m in delta.added],
+                                       [(m.set_name, m.family, m.ip) for m in delta.removed])
+            if n:
+                self.m_members.inc()
+                self.log.info("pod %s %s: %d set member(s) changed, no rule changed", key, event.type.value, n)
+
+    @hookimpl
+    def on_policy(self, event: Event) -> None:
+        self.log.info("policy %s %s", event.obj.key, event.type.value)
+        self.sync(f"policy {event.obj.key} {event.type.value}")
+
+    @hookimpl
+    def on_namespace(self, event: Event) -> None:
+        old = event.old.meta.labels if event.old is not None else None
+        new = event.new.meta.labels if event.new is not None else None
+        if old != new:
+            self.sync(f"namespace {event.obj.key} labels changed")
+
+    @hookimpl
+    def on_node(self, event: Event) -> None:
+        if event.obj.name != self.ctx.node_name:
+            return
+        old = event.old.pod_cidrs if event.old is not None else None
+        new = event.new.pod_cidrs if event.new is not None else None
+        if old != new:
+            self._apply(f"node {event.obj.name} pod CIDRs {old} -> {new}")
+
+    @hookimpl
+    def health(self) -> HealthReport:
+        return HealthReport(healthy=not self.error, message=self.error or "ok")
+
+    @hookimpl
+    def state(self) -> dict[str, Any]:
+        d = self.desired
+        if d is None or self.dp is None:
+            return {"summary": {}, "items": []}
+        items = [{"pod": lp.key, "ips": list(lp.ips), "chain": naming.pod_chain(lp.namespace, lp.name),
+                  "ingress_policies": list(lp.ingress), "egress_policies": list(lp.egress)}
+                 for lp in sorted(d.local.values(), key=lambda p: p.key)]
+        return {"summary": {"policies": len(d.policies), "policies_on_node": len(d.needed_policies()),
+                            "local_pods": len(d.local),
+                            "chains": sum(len(c) for c in self.dp.chains.values()), "sets": len(self.dp.sets),
+                            "mode": {f"ipv{f}": str(m) for f, m in self.dp.modes.items()},
+                            "iptables_restores": self.dp.iptables_restores,
+                            "ipset_restores": self.dp.ipset_restores},
+                "items": items}
+
+    @hookimpl
+    def cleanup(self) -> None:
+        Dataplane(self.families, modes=dict.fromkeys(self.families, Mode.NFT)).cleanup()
+
+    @hookimpl
+    def stop(self) -> None:
+        """The dataplane stays: the next agent adopts it."""
+
+    # ----------------------------------------------------------------------------------- internals
+    def options(self) -> Options:
+        s = self.ctx.settings
+        node = self.ctx.caches.nodes.get(self.ctx.node_name)
+        cidrs = node.pod_cidrs if node is not None else ()
+        deny = bool(s["netpol-default-deny"])
+        if deny and not cidrs:
+            self.log.warning("--netpol-default-deny needs this node's pod CIDRs (node %s has none): disabled",
+                             self.ctx.node_name)
+            deny = False
+        return Options(families=self.families, default_deny=deny, pod_cidrs=tuple(cidrs),
+                       cluster_ranges=tuple(s.service_cluster_ip_range),
+                       external_ranges=tuple(s.service_external_ip_range) + tuple(s.loadbalancer_ip_range),
+                       node_port_range=s.node_port_range, nflog=self.cfg.nflog)
+
+    def _apply(self, why: str) -> None:
+        assert self.desired is not None and self.dp is not None
+        opts = self.options()
+        rulesets: dict[int, Ruleset] = {f: render(self.desired, f, opts) for f in self.families}
+        try:
+            res = self.dp.apply(rulesets)
+        except Exception as exc:
+            self.error = f"{why}: apply failed: {exc}"
+            raise
+        self.error = ""
+        self.m_chains.set(sum(len(c) for c in self.dp.chains.values()))
+        self.m_sets.set(len(self.dp.sets))
+        if res.changed:
+            self.log.info("%s: %s", why, res.summary())
+        else:
+            self.log.debug("%s: nothing to change", why)
+
+    def _problem(self, key: str, msg: str) -> None:
+        if (key, msg) in self.seen_problems:
+            return  # logged when first seen; a full sync recompiles every policy
+        if len(self.seen_problems) > 10000:
+            self.seen_problems.clear()
+        self.seen_problems.add((key, msg))
+        self.m_problems.inc()
+        self.log.warning("network policy %s: %s: skipped for that rule only", key, msg)

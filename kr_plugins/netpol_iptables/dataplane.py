@@ -1,0 +1,187 @@
+"""The kernel step: apply rendered rulesets with one ipset restore and one iptables-restore --noflush per family.
+
+:class:`Dataplane` keeps what it committed (chain -> rule text, set -> content) and applies only the
+difference: sets that are new or whose content changed (temp set + swap, all in one ``ipset restore``),
+then the chains whose text changed, plus ``-X`` of chains no longer wanted, in one ``iptables-restore
+--noflush`` per family (kr's chains only; nothing else in the filter table is read or written), then the
+destruction of sets no longer referenced. A failed restore raises and leaves the committed state as it
+was, so the next attempt re-applies the same difference. Membership-only changes go through
+:meth:`Dataplane.update_members`: one ``ipset restore -exist`` of add/del lines, no iptables at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from kr_core.net.ipset import IpSet, IpsetRunner, render_members, render_sync, set_name
+from kr_core.net.iptables import Family, Iptables, Mode, chain_names, detect_mode
+from kr_core.net.netpol import naming
+
+from .render import Ruleset
+
+log = logging.getLogger("kr.netpol_iptables")
+
+CHAIN_PREFIXES = ("KUBE-ROUTER-", naming.POLICY_CHAIN_PREFIX, naming.POD_CHAIN_PREFIX)
+SET_PREFIXES = (naming.SRC_SET_PREFIX, naming.DST_SET_PREFIX, naming.LOCAL_PODS_SET)
+FAMILY = {4: Family.V4, 6: Family.V6}
+_UNKNOWN: tuple[str, ...] = ("<adopted>",)
+
+
+@dataclass
+class ApplyResult:
+    sets_synced: list[str] = field(default_factory=list)
+    sets_destroyed: list[str] = field(default_factory=list)
+    chains_written: dict[int, list[str]] = field(default_factory=dict)
+    chains_deleted: dict[int, list[str]] = field(default_factory=dict)
+    iptables_restores: int = 0
+    ipset_restores: int = 0
+    ipset_script: str = ""
+    iptables_payloads: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.sets_synced or self.sets_destroyed or any(self.chains_written.values())
+                    or any(self.chains_deleted.values()))
+
+    def summary(self) -> str:
+        w = sum(len(v) for v in self.chains_written.values())
+        d = sum(len(v) for v in self.chains_deleted.values())
+        return (f"{w} chain(s) written, {d} deleted, {len(self.sets_synced)} set(s) synced, "
+                f"{len(self.sets_destroyed)} destroyed ({self.iptables_restores} iptables-restore, "
+                f"{self.ipset_restores} ipset restore)")
+
+
+class Dataplane:
+    """kr's network-policy chains and sets in one network namespace (``netns`` None: the current one)."""
+
+    def __init__(self, families: Iterable[int], *, netns: str | None = None,
+                 modes: Mapping[int, Mode | str] | None = None) -> None:
+        self.families = tuple(families)
+        self.netns = netns
+        modes = dict(modes or {})
+        for f in self.families:
+            if f not in modes or modes[f] in (None, "auto"):
+                modes[f] = detect_mode(FAMILY[f], netns=netns)
+        self.modes = {f: Mode(modes[f]) for f in self.families}
+        self.ipt = {f: Iptables(self.modes[f], FAMILY[f], netns=netns) for f in self.families}
+        self.ipset = IpsetRunner(netns=netns)
+        self.chains: dict[int, dict[str, tuple[str, ...]]] = {f: {} for f in self.families}
+        self.sets: dict[str, IpSet | None] = {}  # kernel name -> content (None: adopted, content unknown)
+        self.iptables_restores = 0
+        self.ipset_restores = 0
+
+    # ------------------------------------------------------------------------------------- adoption
+    def adopt(self) -> None:
+        """Learn which of kr's chains and sets exist (one ``*-save -t filter`` per family, one ``ipset list -n``).
+
+        Their content is taken as unknown, so the first apply rewrites each chain once (atomically, in
+        place: traffic is never interrupted) and deletes those no longer wanted.
+        """
+        for f in self.families:
+            names = chain_names(self.ipt[f].save("filter"), CHAIN_PREFIXES)
+            self.chains[f] = dict.fromkeys(names, _UNKNOWN)
+        self.sets = dict.fromkeys(self.ipset.list_names(SET_PREFIXES), None)
+        log.info("adopted %s chain(s) and %d set(s) left by a previous run",
+                 {f: len(c) for f, c in self.chains.items()}, len(self.sets))
+
+    # ---------------------------------------------------------------------------------------- apply
+    def apply(self, rulesets: Mapping[int, Ruleset]) -> ApplyResult:
+        res = ApplyResult()
+        want_sets: dict[str, IpSet] = {}
+        for rs in rulesets.values():
+            for s in rs.sets.values():
+                want_sets[s.kernel_name] = s
+        sync = [s for name, s in want_sets.items() if self.sets.get(name) != s]
+        stale_sets = [n for n in self.sets if n not in want_sets]
+        if sync:
+            res.ipset_script = render_sync(sync)
+            self.ipset.restore(res.ipset_script)
+            self.ipset_restores += 1
+            res.ipset_restores += 1
+            for s in sync:
+                self.sets[s.kernel_name] = s
+            res.sets_synced = [s.kernel_name for s in sync]
+        for f, rs in rulesets.items():
+            have = self.chains[f]
+            write = {c: tuple(r) for c, r in rs.chains.items() if have.get(c) != tuple(r)}
+            delete = [c for c in have if c not in rs.chains]
+            if not write and not delete:
+                continue
+            payload = self.ipt[f].apply({"filter": write}, delete={"filter": delete} if delete else None)
+            self.iptables_restores += 1
+            res.iptables_restores += 1
+            res.iptables_payloads[f] = payload
+            have.update(write)
+            for c in delete:
+                del have[c]
+            res.chains_written[f] = list(write)
+            res.chains_deleted[f] = delete
+        if stale_sets:
+            self.ipset.restore("".join(f"destroy {n}\n" for n in stale_sets))
+            self.ipset_restores += 1
+            res.ipset_restores += 1
+            for n in stale_sets:
+                del self.sets[n]
+            res.sets_destroyed = stale_sets
+        return res
+
+    def update_members(self, add: Iterable[tuple[str, int, str]], delete: Iterable[tuple[str, int, str]]) -> int:
+        """Add/remove (set name, family, address) in sets already programmed; one process. Returns lines applied."""
+        fam = {4: "inet", 6: "inet6"}
+        adds = [(set_name(n, fam[f]), ip) for n, f, ip in add if set_name(n, fam[f]) in self.sets]
+        dels = [(set_name(n, fam[f]), ip) for n, f, ip in delete if set_name(n, fam[f]) in self.sets]
+        script = render_members(adds, dels)
+        if script:
+            self.ipset.restore(script)
+            self.ipset_restores += 1
+        for name, ip in adds:
+            self._patch(name, add=ip)
+        for name, ip in dels:
+            self._patch(name, remove=ip)
+        return len(adds) + len(dels)
+
+    def _patch(self, name: str, add: str | None = None, remove: str | None = None) -> None:
+        s = self.sets.get(name)
+        if s is None:
+            return
+        entries = set(s.entries)
+        if add:
+            entries.add(add)
+        if remove:
+            entries.discard(remove)
+        self.sets[name] = IpSet(s.name, s.type, s.family, tuple(sorted(entries)), s.nomatch, s.hashsize,
+                                s.maxelem, s.timeout, s.comment)
+
+    def ensure_jumps(self) -> bool:
+        """kr's jumps at position 1 of INPUT/FORWARD/OUTPUT (identified by comment; re-placed if moved)."""
+        changed = False
+        for f in self.families:
+            for builtin, chain in naming.TOP_CHAINS.items():
+                if chain in self.chains[f]:
+                    changed |= self.ipt[f].ensure_jump("filter", builtin, ["-j", chain], naming.jump_comment(chain))
+        return changed
+
+    # -------------------------------------------------------------------------------------- cleanup
+    def cleanup(self) -> None:
+        """Remove every chain, jump and set kr's network policy created (found by name), in every backend."""
+        for f in self.families:
+            for mode in Mode:
+                ipt = Iptables(mode, FAMILY[f], netns=self.netns)
+                try:
+                    names = chain_names(ipt.save("filter"), CHAIN_PREFIXES)
+                except Exception as exc:  # noqa: BLE001 - a backend whose tools fail has nothing of ours
+                    log.debug("%s: save failed: %s", ipt, exc)
+                    continue
+                for builtin, chain in naming.TOP_CHAINS.items():
+                    ipt.remove_jump("filter", builtin, naming.jump_comment(chain))
+                if names:
+                    ipt.apply({}, delete={"filter": names})
+                    log.info("%s: deleted %d chain(s)", ipt, len(names))
+            self.chains[f] = {}
+        names = self.ipset.list_names(SET_PREFIXES)
+        if names:
+            self.ipset.restore("".join(f"destroy {n}\n" for n in names))
+            log.info("destroyed %d set(s)", len(names))
+        self.sets = {}
