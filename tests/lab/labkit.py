@@ -18,6 +18,25 @@ from kr_core.lab.state import LabState, lab_netns_re, state_dir
 REPO = Path(__file__).resolve().parents[2]
 
 
+def unique(suffix: str) -> str:
+    """A lab name of this test run (``t<pid><suffix>``), so concurrent test runs on one machine never share a
+    lab; labs of test runs that died are removed first."""
+    reap_stale()
+    name = f"t{os.getpid()}{suffix}"
+    assert len(name) <= 10 and suffix.isalpha()
+    return name
+
+
+def reap_stale() -> None:
+    from kr_core.lab import lab
+    from kr_core.lab.state import existing_labs
+
+    for other in existing_labs():
+        m = re.match(r"^t(\d+)[a-z]+$", other)
+        if m and int(m.group(1)) != os.getpid() and not os.path.exists(f"/proc/{m.group(1)}"):
+            lab.down(other)
+
+
 def kr_lab(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """``kr lab ARGS`` (through ``python -m``, so it works before ``kr lab`` is routed in kr_core/cli.py)."""
     p = subprocess.run([sys.executable, "-m", "kr_core.lab.cli", *args], capture_output=True, text=True,

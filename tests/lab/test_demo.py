@@ -14,7 +14,7 @@ import pytest
 
 from kr_core.lab import demo, lab
 from kr_core.lab.kube import ApiError, Kube
-from tests.lab.labkit import REPO, leftovers
+from tests.lab.labkit import REPO, leftovers, unique
 
 pytestmark = [
     pytest.mark.root,
@@ -24,7 +24,7 @@ pytestmark = [
 
 
 def test_demo_runs_to_completion():
-    name = "krdemo"
+    name = unique("d")
     p = subprocess.run([sys.executable, "-m", "kr_core.lab.demo", "--name", name, "--vm", "never"],
                        capture_output=True, text=True, timeout=300, cwd=REPO)
     out = p.stdout
@@ -52,7 +52,7 @@ def _fake_policy(kube: Kube, node_ns: str, src_ip: str, dst_ip: str, stop: threa
 
 
 def test_demo_steps_pass_against_a_faked_dataplane():
-    name = "krdemof"
+    name = unique("f")
     lab.down(name)
     lines: list[str] = []
     d = demo.Demo(name, lines.append, [

@@ -18,7 +18,18 @@ import time
 import pytest
 
 from kr_core.lab.state import LabState
-from tests.lab.labkit import REPO, apply, client, delete_pods, kr_lab, kubectl, leftovers, pod_manifest, wait_running
+from tests.lab.labkit import (
+    REPO,
+    apply,
+    client,
+    delete_pods,
+    kr_lab,
+    kubectl,
+    leftovers,
+    pod_manifest,
+    unique,
+    wait_running,
+)
 
 pytestmark = [
     pytest.mark.root,
@@ -26,7 +37,7 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (network namespaces)"),
 ]
 
-LAB = "krtest"
+LAB = unique("a")
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +195,7 @@ def test_host_network_pod_and_teardown(lab):
 def test_two_labs_coexist_and_no_fake_routing(lab):
     """A second lab next to the module's: its own addresses and namespaces; without --static-routes (and with no
     routing plugin implemented) cross-node pod traffic does not flow."""
-    other = "krtest2"
+    other = unique("b")
     kr_lab("down", "--name", other)
     try:
         kr_lab("up", "--name", other, "--nodes", "2", "--plugins", "hostsfile")
@@ -205,7 +216,7 @@ def test_two_labs_coexist_and_no_fake_routing(lab):
 
 
 def test_kill9_agent_then_down_leaves_nothing():
-    name = "krtestk"
+    name = unique("k")
     kr_lab("down", "--name", name)
     try:
         kr_lab("up", "--name", name, "--nodes", "1")
@@ -225,7 +236,7 @@ def test_kill9_agent_then_down_leaves_nothing():
 
 
 def test_kill9_of_up_then_down_leaves_nothing():
-    name = "krtestu"
+    name = unique("u")
     kr_lab("down", "--name", name)
     p = subprocess.Popen([sys.executable, "-m", "kr_core.lab.cli", "up", "--name", name, "--nodes", "2"],
                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

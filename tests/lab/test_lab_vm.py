@@ -10,7 +10,7 @@ import pytest
 from kr_core.lab.state import LabState
 from tests.lab.labkit import apply, kr_lab, leftovers, pod_manifest, wait_running
 
-NAME = "krvm"
+NAME = "krvm"  # inside the VM: its own kernel, no other lab there
 
 
 @pytest.mark.vm
