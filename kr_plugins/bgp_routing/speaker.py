@@ -116,7 +116,7 @@ class Speaker:
     def list_peers(self) -> list[PeerStatus]:
         api = self.g.api
         out = []
-        for r in self.stub.ListPeer(api.ListPeerRequest(enable_advertised=True), timeout=RPC_TIMEOUT):
+        for r in self.stub.ListPeer(api.ListPeerRequest(enableAdvertised=True), timeout=RPC_TIMEOUT):
             p = r.peer
             recv = acc = adv = 0
             for a in p.afi_safis:
