@@ -293,7 +293,10 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     def out(msg: str) -> None:
-        print(msg, flush=True)
+        try:
+            print(msg, flush=True)
+        except BrokenPipeError:  # the reader went away: keep going, the lab must still be torn down
+            pass
 
     why = missing_prerequisite()
     if why:

@@ -44,7 +44,8 @@ LAB = unique("a")
 def lab():
     kr_lab("down", "--name", LAB)
     try:
-        kr_lab("up", "--name", LAB, "--nodes", "2", "--static-routes")
+        # the lab itself is under test here, not the dataplane plugins: only the example plugin runs
+        kr_lab("up", "--name", LAB, "--nodes", "2", "--static-routes", "--plugins", "hostsfile")
         apply(LAB,
               pod_manifest("a", node="node-1", ports=[(80, "TCP"), (53, "UDP")]),
               pod_manifest("b", node="node-1"),
