@@ -329,7 +329,8 @@ def _up(st: LabState, user_cfg: dict[str, Any], installed: set[str], say: Say, t
     if st.plugins == []:
         say(f"lab {st.name}: no node agents (--plugins none)")
     else:
-        chosen = ", ".join(st.plugins) if st.plugins is not None else "the default selection (see `kr plugins`)"
+        chosen = (", ".join(st.plugins) if st.plugins is not None else
+                  f"the plugins {st.config} selects" if st.config else "the default selection (see `kr plugins`)")
         say(f"lab {st.name}: node agents: kr run with {chosen}; logs in {st.dir}/node-N/agent.log")
     wait_ready(st, timeout=timeout, say=say)
 
