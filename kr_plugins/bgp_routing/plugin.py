@@ -102,6 +102,7 @@ class Plugin:
         self._gobgpd_restarted = threading.Event()
         self.last_error = ""
         self._logged: set[str] = set()
+        self._pending_reset: set[str] = set()  # soft reset directions owed after a policy swap
 
     def _reset_committed(self) -> None:
         self.global_spec: GlobalSpec | None = None
@@ -365,6 +366,7 @@ class Plugin:
         elif self.export.statements is not None:
             self._drop_policies()
         self._apply_peers(want_peers)
+        self._soft_resets()
         if self.metrics:
             self.metrics.internal_peers_sync.observe(time.monotonic() - t_peers)
 
@@ -406,12 +408,25 @@ class Plugin:
                 with contextlib.suppress(grpc.RpcError):
                     self.sp.delete_policy(old)
             slot.commit(stmts)
+            if old:  # gobgpd re-evaluates what it already sent only on a soft reset
+                self._pending_reset.add("out" if direction == "export" else "in")
             log.info("BGP %s policy %s applied (%d statements)%s", direction, new, len(stmts),
                      f", replacing {old}" if old else "")
         for d in diffs:
             if d.remove is not None:
                 self.sp.delete_defined_set_entries(d.remove)
                 self.sets[d.set.name] = d.set
+
+    def _soft_resets(self) -> None:
+        assert self.sp is not None
+        for direction in sorted(self._pending_reset):
+            self._pending_reset.discard(direction)
+            for addr in self.peers:
+                try:
+                    self.sp.soft_reset(addr, direction)
+                except grpc.RpcError as e:
+                    log.debug("soft reset %s of peer %s: %s", direction, addr, e.details())
+            log.info("BGP policies changed: soft reset (%s) of %d peers", direction, len(self.peers))
 
     def _drop_policies(self) -> None:
         assert self.sp is not None

@@ -113,6 +113,12 @@ class Speaker:
     def delete_peer(self, address: str) -> None:
         self.stub.DeletePeer(self.g.api.DeletePeerRequest(address=address), timeout=RPC_TIMEOUT)
 
+    def soft_reset(self, address: str, direction: str) -> None:
+        """Re-evaluate a peer's routes against changed policies (``direction`` 'in' or 'out'), no session reset."""
+        api = self.g.api
+        d = api.ResetPeerRequest.OUT if direction == "out" else api.ResetPeerRequest.IN
+        self.stub.ResetPeer(api.ResetPeerRequest(address=address, soft=True, direction=d), timeout=RPC_TIMEOUT)
+
     def list_peers(self) -> list[PeerStatus]:
         api = self.g.api
         out = []

@@ -102,9 +102,9 @@ def test_ext_bird_communities_prepend_vips_restart_and_delete(netlab_factory) ->
     assert "(65000,200)" in lab.birdc("show", "route", "for", "10.244.1.0/24", "all")
     assert n1.plugin().export.version >= 2  # versioned, hitless replacement
 
-    # node-2 deleted: its routes are withdrawn from node-1's kernel
-    n2_obj = n2.node()
-    lab.stop_agent(n2)
-    lab.publish(n2_obj, "delete")
-    wait_for(lambda: n2.pod_cidr.split("/")[0] not in n1.routes(), 15, "node-2's route withdrawn from node-1")
-    assert n2.ip not in lab.peer_states(n1)
+    # node-2 deleted from the API (its agent still runs): node-1 drops the peer and the route
+    assert n1.feed is not None
+    n1.feed.delete(n2.node())
+    wait_for(lambda: n2.ip not in lab.peer_states(n1), 10, "node-2's peer removed from node-1")
+    wait_for(lambda: n2.pod_cidr.split("/")[0] not in n1.routes(), 10, "node-2's route withdrawn from node-1")
+    wait_for(lambda: "10.244.2.0/24" not in lab_ipset(n1), 10, "node-2's pod CIDR out of the ipset")
