@@ -98,14 +98,17 @@ class Plugin:
 
     @hookimpl
     def sync(self, reason: str) -> None:
+        self._rebuild(f"full sync ({reason})")
+        assert self.dp is not None
+        self.dp.ensure_jumps()  # also repairs a jump someone moved or deleted
+        self.last_sync = time.time()
+
+    def _rebuild(self, why: str) -> None:
         assert self.desired is not None
         c = self.ctx.caches
         t0 = time.monotonic()
         self.desired.build(c.policies.list(), c.pods.list(), c.namespaces.list())
-        self._apply(f"full sync ({reason})")
-        assert self.dp is not None
-        self.dp.ensure_jumps()
-        self.last_sync = time.time()
+        self._apply(why)
         self.m_sync.observe(time.monotonic() - t0)
 
     @hookimpl
@@ -129,15 +132,14 @@ class Plugin:
 
     @hookimpl
     def on_policy(self, event: Event) -> None:
-        self.log.info("policy %s %s", event.obj.key, event.type.value)
-        self.sync(f"policy {event.obj.key} {event.type.value}")
+        self._rebuild(f"policy {event.obj.key} {event.type.value}")
 
     @hookimpl
     def on_namespace(self, event: Event) -> None:
         old = event.old.meta.labels if event.old is not None else None
         new = event.new.meta.labels if event.new is not None else None
         if old != new:
-            self.sync(f"namespace {event.obj.key} labels changed")
+            self._rebuild(f"namespace {event.obj.key} labels changed")
 
     @hookimpl
     def on_node(self, event: Event) -> None:

@@ -74,6 +74,7 @@ class NetnsCluster:
 
     def __init__(self, plugin: str, pods: Iterable[tuple[str, str, dict[str, str]]], *,
                  namespaces: dict[str, dict[str, str]] | None = None, flags: dict[str, Any] | None = None,
+                 config: dict[str, Any] | None = None,
                  ports: Iterable[tuple[str, int]] = (("TCP", 80), ("TCP", 81), ("UDP", 80), ("UDP", 81))) -> None:
         from kr_core.lab.responder import Responders
 
@@ -84,14 +85,18 @@ class NetnsCluster:
         self.plugin_name = plugin
         self.pods: dict[str, Pod] = {}
         self.pod_ns: dict[str, str] = {}
+        self.config = dict(config or {})
+        self.ports = list(ports)
+        self.n_pods = 0
+        self._policies: list[NetworkPolicy] = []
         try:
             self._make_node()
             nss = dict(namespaces or {})
             for pns, _, _ in pods:
                 nss.setdefault(pns, {})
             self.namespaces: dict[str, Namespace] = {n: ns(n, labels) for n, labels in nss.items()}
-            for i, (pns, name, labels) in enumerate(pods):
-                self._make_pod(i, pns, name, labels, list(ports))
+            for pns, name, labels in pods:
+                self._make_pod(pns, name, labels)
             self._start_plugin(flags or {})
         except BaseException:
             self.close()
@@ -107,7 +112,9 @@ class NetnsCluster:
         _ip("-n", n, "link", "set", "kube-bridge", "up")
         netns.run(n, ["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=1"], check=False)
 
-    def _make_pod(self, i: int, pns: str, name: str, labels: dict[str, str], ports: list[tuple[str, int]]) -> None:
+    def _make_pod(self, pns: str, name: str, labels: dict[str, str]) -> str:
+        i = self.n_pods
+        self.n_pods += 1
         pod_ns = f"{self.prefix}-p{i}"
         self.made.append(pod_ns)
         netns.create(pod_ns)
@@ -120,8 +127,16 @@ class NetnsCluster:
         key = f"{pns}/{name}"
         self.pod_ns[key] = pod_ns
         self.pods[key] = pod(name, pns, ip, NODE, labels)
-        problems = self.responders.add(key, pod_ns, ports)
+        problems = self.responders.add(key, pod_ns, self.ports)
         assert not problems, problems
+        return key
+
+    def add_pod(self, pns: str, name: str, labels: dict[str, str], *, feed: bool = True) -> str:
+        """A new pod namespace with responders; ``feed=False``: the plugin is not told yet."""
+        key = self._make_pod(pns, name, labels)
+        if feed:
+            self.add(self.pods[key])
+        return key
 
     # ------------------------------------------------------------------------------------ plugin
     def _start_plugin(self, flags: dict[str, Any]) -> None:
@@ -131,9 +146,11 @@ class NetnsCluster:
         self.caches = Caches(self.host.resources)
         info = cls.info  # type: ignore[attr-defined]
         self.ctx = PluginContext(name=self.plugin_name, settings=Settings(flags), node_name=NODE,
-                                 metrics=CollectorRegistry(), config=validate_plugin_config(info, {}),
+                                 metrics=CollectorRegistry(), config=validate_plugin_config(info, self.config),
                                  caches=self.caches.view(info.resources))
-        self.feed = FeedSource([*self.namespaces.values(), *self.pods.values(), node(NODE, "10.0.0.1", [POD_CIDR])])
+        initial = [*self.namespaces.values(), *self.pods.values(), node(NODE, "10.0.0.1", [POD_CIDR]),
+                   *self._policies]
+        self.feed = FeedSource(initial)
         self.in_node(self.caller.configure, self.ctx)
         self.feed.start(self.caches, self.caller.deliver)
         self.in_node(self.caller.start, self.ctx)
@@ -146,7 +163,8 @@ class NetnsCluster:
     def restart_plugin(self) -> None:
         """A new plugin instance (as after an agent restart) adopting what the first one left."""
         self.in_node(self.caller.stop)
-        self._start_plugin(dict(self.ctx.settings.as_dict()))
+        self._policies = self.policies()
+        self._start_plugin({k: self.ctx.settings[k] for k in self.ctx.settings.explicit})
 
     # ------------------------------------------------------------------------------------- changes
     def add(self, obj: KubeObject) -> None:
@@ -190,8 +208,14 @@ class NetnsCluster:
             got = ex.map(lambda j: probe(self.pod_ns[j[0]], self.pods[j[1]].pod_ip, j[2], j[3]), jobs)
             return dict(zip(jobs, got, strict=True))
 
-    def iptables_save(self) -> str:
-        return netns.run(self.node_ns, ["iptables-save", "-t", "filter"]).stdout
+    def iptables_save(self, mode: str = "nft") -> str:
+        return netns.run(self.node_ns, [f"iptables-{mode}-save", "-t", "filter"]).stdout
+
+    def ipset(self, *args: str) -> str:
+        return netns.run(self.node_ns, ["ipset", *args]).stdout
+
+    def state(self) -> dict[str, Any]:
+        return self.in_node(self.caller.state)  # type: ignore[no-any-return]
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
