@@ -1,0 +1,96 @@
+"""Route reflectors, per-ASN peering and the vxlan overlay, against real gobgpd in namespaces."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from kr_plugins.bgp_routing.naming import tunnel_name
+
+from .netlab import wait_for
+
+pytestmark = pytest.mark.root
+
+
+def test_route_reflector_then_live_switch_to_full_mesh(netlab_factory) -> None:  # type: ignore[no-untyped-def]
+    lab = netlab_factory(3)
+    srv, c1, c2 = lab.nodes
+    srv.annotations = {"kube-router.io/rr.server": "42"}
+    c1.annotations = {"kube-router.io/rr.client": "42"}
+    c2.annotations = {"kube-router.io/rr.client": "42"}
+    for n in lab.nodes:
+        lab.start_agent(n)
+    lab.wait_established(srv, [c1.ip, c2.ip])
+    # clients peer only with the server; the server reflects c2's pod CIDR to c1 with c2 as next hop
+    assert set(lab.peer_states(c1)) == {srv.ip}
+    wait_for(lambda: f"{c2.pod_cidr} via {c2.ip}" in c1.routes(), 15, "c2's pod CIDR reflected to c1")
+    assert wait_for(lambda: lab.ping(c1, c2.pod_ip), 5, "client-to-client pod ping through reflected routes")
+    assert srv.plugin().state()["summary"]["export_policy"] is None  # RR servers install no policies
+
+    # annotations removed live: every node becomes a full-mesh peer, no restart
+    for n in lab.nodes:
+        n.annotations = {}
+    for n in lab.nodes:
+        lab.publish(n.node())
+    wait_for(lambda: set(lab.peer_states(c1)) == {srv.ip, c2.ip}, 10, "c1 peers with c2 directly")
+    lab.wait_established(c1, [srv.ip, c2.ip], timeout=30)
+    assert c1.plugin().state()["summary"]["export_policy"] is not None
+    assert lab.ping(c1, c2.pod_ip)
+
+
+def test_no_full_mesh_peers_by_node_asn_and_bad_input(netlab_factory) -> None:  # type: ignore[no-untyped-def]
+    lab = netlab_factory(3)
+    a, b, c = lab.nodes
+    a.annotations = {"kube-router.io/node.asn": "65010",
+                     "kube-router.io/peers": "- remoteip: 192.168.100.99\n  remoteasn: 23456\n- {remoteip: x}",
+                     "kube-router.io/node.bgp.communities": "nonsense"}
+    b.annotations = {"kube-router.io/node.asn": "65010"}
+    c.annotations = {"kube-router.io/node.asn": "65020"}
+    for n in lab.nodes:
+        lab.start_agent(n, **{"nodes-full-mesh": False})
+    lab.wait_established(a, [b.ip])
+    assert set(lab.peer_states(a)) == {b.ip}  # c has another ASN; both bad external peers skipped
+    assert lab.peer_states(c) == {}
+    wait_for(lambda: f"{b.pod_cidr} via {b.ip}" in a.routes(), 10, "b's route on a")
+    logged = " ".join(a.plugin()._logged)
+    assert "reserved" in logged and "remoteasn is required" in logged and "nonsense" in logged
+    assert a.plugin().state()["summary"]["asn"] == 65010
+
+
+def test_vxlan_overlay_across_subnets(netlab_factory) -> None:  # type: ignore[no-untyped-def]
+    lab = netlab_factory(2, subnets=[1, 2])
+    n1, n2 = lab.nodes
+    flags = {"enable-overlay": True, "overlay-encap": "vxlan"}
+    for n in lab.nodes:
+        lab.start_agent(n, **flags)
+    lab.wait_established(n1, [n2.ip])
+    tun = tunnel_name(n2.ip)
+    wait_for(lambda: f"{n2.pod_cidr} dev {tun}" in n1.routes(), 15, "route through the vxlan tunnel")
+    assert f"{n2.ip} dev {tun}" in n1.routes("77")
+    assert "vxlan" in os.popen(f"ip -n {n1.ns} -d link show {tun}").read()
+    assert "from 10.244.1.0/24 lookup 77" in os.popen(f"ip -n {n1.ns} rule").read()
+    # the switch in between knows nothing about pod CIDRs: only the tunnel carries pod traffic
+    assert wait_for(lambda: lab.ping(n1, n2.pod_ip), 10, "pod ping through vxlan")
+    # node-2 gone: route and tunnel removed
+    assert n1.feed is not None
+    n1.feed.delete(n2.node())
+    wait_for(lambda: tun not in os.popen(f"ip -n {n1.ns} link").read(), 15, "tunnel removed")
+    assert n2.pod_cidr.split("/")[0] not in n1.routes()
+
+
+def test_cleanup_removes_everything_twice(netlab_factory) -> None:  # type: ignore[no-untyped-def]
+    lab = netlab_factory(2, subnets=[1, 2])
+    n1, n2 = lab.nodes
+    for n in lab.nodes:
+        lab.start_agent(n, **{"enable-overlay": True, "overlay-encap": "vxlan"})
+    wait_for(lambda: n2.pod_cidr.split("/")[0] in n1.routes(), 30, "route on node-1")
+    plugin = n1.plugin()
+    lab.stop_agent(n1)
+    assert n2.pod_cidr.split("/")[0] in n1.routes()  # stop leaves the dataplane in place
+    plugin.cleanup()
+    plugin.cleanup()
+    assert n1.routes() == "" and n1.routes("77") == ""
+    assert "tun-" not in os.popen(f"ip -n {n1.ns} link").read()
+    assert "kube-router" not in os.popen(f"ip netns exec {n1.ns} iptables -S FORWARD").read()
+    assert "kube-router-pod-subnets" not in os.popen(f"ip netns exec {n1.ns} ipset list -n").read()
