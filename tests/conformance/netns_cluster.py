@@ -110,7 +110,10 @@ class NetnsCluster:
         _ip("-n", n, "link", "add", "kube-bridge", "type", "bridge")
         _ip("-n", n, "addr", "add", f"{GATEWAY}/24", "dev", "kube-bridge")
         _ip("-n", n, "link", "set", "kube-bridge", "up")
-        netns.run(n, ["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=1"], check=False)
+        # REJECT answers with ICMP errors: without the rate limit a blocked probe fails at once instead of timing out
+        netns.run(n, ["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=1",
+                      "net.ipv4.icmp_ratelimit=0", "net.ipv4.icmp_msgs_per_sec=100000",
+                      "net.ipv4.icmp_msgs_burst=100000"], check=False)
 
     def _make_pod(self, pns: str, name: str, labels: dict[str, str]) -> str:
         i = self.n_pods
