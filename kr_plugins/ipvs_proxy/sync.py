@@ -1,0 +1,122 @@
+"""Diff the committed IPVS state against the desired one (pure) and keep the committed state current.
+
+:func:`plan` produces the operations (tuples of :mod:`kr_plugins.ipvs_proxy.ipvs`) that turn ``committed``
+into ``desired`` for a set of virtual servers (all of them in a full sync, one Service's in an event),
+and nothing else: unchanged servers and destinations produce no operation, so a periodic sync with
+nothing changed sends no message. Servers are never deleted and re-created to change a parameter (that
+would push every destination through the kernel's dest trash, see ipvs-floors.md finding 1): the
+scheduler, flags and timeout are changed in place (``set-svc``), weights likewise (``set-dest``).
+
+With graceful termination a removed destination first gets weight 0 (``set-dest``) and is returned in
+``Plan.drain``; the caller deletes it once its connections are gone or its grace period is over.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from .ipvs import ADD_DEST, ADD_SVC, DEL_DEST, DEL_SVC, SET_DEST, SET_SVC, Op
+from .model import DKey, DVal, VirtualServer, VKey, VParams
+
+Committed = dict[VKey, tuple[VParams, dict[DKey, DVal]]]
+
+
+@dataclass
+class Plan:
+    ops: list[Op] = field(default_factory=list)
+    drain: list[tuple[VKey, DKey]] = field(default_factory=list)  # destinations now at weight 0
+    kept: list[VKey] = field(default_factory=list)  # unwanted servers kept because of --excluded-cidrs
+
+    def count(self, kind: str) -> int:
+        return sum(1 for o in self.ops if o[0] == kind)
+
+
+def excluded(key: VKey, cidrs: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    if not key.addr:
+        return False
+    a = ipaddress.ip_address(key.addr)
+    return any(a.version == n.version and a in n for n in cidrs)
+
+
+def plan(committed: Mapping[VKey, tuple[VParams, dict[DKey, DVal]]], desired: Mapping[VKey, VirtualServer],
+         keys: Iterable[VKey] | None = None, *, graceful: bool = False,
+         excluded_cidrs: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = ()) -> Plan:
+    """Operations turning ``committed`` into ``desired`` for ``keys`` (default: every key of both)."""
+    p = Plan()
+    ops = p.ops
+    if keys is None:
+        keys = list(desired) + [k for k in committed if k not in desired]
+    excl = list(excluded_cidrs)
+    for k in keys:
+        want = desired.get(k)
+        have = committed.get(k)
+        if want is None:
+            if have is None:
+                continue
+            if excl and excluded(k, excl):
+                p.kept.append(k)
+                continue
+            ops.append((DEL_SVC, k, None))
+            continue
+        wdests = want.dests
+        if have is None:
+            ops.append((ADD_SVC, k, want.params))
+            ops.extend((ADD_DEST, k, (a, port, w, fwd)) for (a, port), (w, fwd) in wdests.items())
+            continue
+        hparams, hdests = have
+        if hparams != want.params:
+            ops.append((SET_SVC, k, want.params))
+        if hdests == wdests:
+            continue
+        for d, hv in hdests.items():
+            if d in wdests:
+                continue
+            if graceful:
+                if hv[0] != 0:
+                    ops.append((SET_DEST, k, (d[0], d[1], 0, hv[1])))
+                p.drain.append((k, d))
+            else:
+                ops.append((DEL_DEST, k, d))
+        for d, wv in wdests.items():
+            hv = hdests.get(d)
+            if hv is None:
+                ops.append((ADD_DEST, k, (d[0], d[1], wv[0], wv[1])))
+            elif hv != wv:
+                ops.append((SET_DEST, k, (d[0], d[1], wv[0], wv[1])))
+    return p
+
+
+def commit(committed: Committed, ops: Iterable[Op]) -> None:
+    """Record successfully applied ``ops`` in ``committed``."""
+    for kind, k, arg in ops:
+        if kind == ADD_SVC:
+            cur = committed.get(k)
+            committed[k] = (arg, cur[1] if cur else {})
+        elif kind == SET_SVC:
+            cur = committed.get(k)
+            committed[k] = (arg, cur[1] if cur else {})
+        elif kind == DEL_SVC:
+            committed.pop(k, None)
+        elif kind in (ADD_DEST, SET_DEST):
+            cur = committed.get(k)
+            if cur is None:
+                continue
+            cur[1][(arg[0], arg[1])] = (arg[2], arg[3])
+        elif kind == DEL_DEST:
+            cur = committed.get(k)
+            if cur is not None:
+                cur[1].pop(arg, None)
+
+
+def commit_bulk_adds(committed: Committed, desired: Mapping[VKey, VirtualServer], ops: list[Op]) -> None:
+    """:func:`commit` with a fast path for servers added whole (a cold sync): their destinations are
+    copied from ``desired`` at once instead of one by one."""
+    whole: set[VKey] = set()
+    for kind, k, arg in ops:
+        if kind == ADD_SVC:
+            committed[k] = (arg, dict(desired[k].dests))
+            whole.add(k)
+        elif not (kind == ADD_DEST and k in whole):
+            commit(committed, [(kind, k, arg)])
