@@ -68,6 +68,7 @@ class Plugin:
         self.error = ""
         self.last_sync = 0.0
         self.seen_problems: set[tuple[str, str]] = set()
+        self.last_apply: Any = None
 
     # ---------------------------------------------------------------------------------- lifecycle
     @hookimpl
@@ -203,6 +204,7 @@ class Plugin:
             self.error = f"{why}: apply failed: {exc}"
             raise
         self.error = ""
+        self.last_apply = res
         self.m_chains.set(sum(len(c) for c in self.dp.chains.values()))
         self.m_sets.set(len(self.dp.sets))
         if res.changed:

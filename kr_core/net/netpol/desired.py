@@ -23,11 +23,13 @@ from .model import (
     CompiledPolicy,
     Membership,
     NamedPortGroup,
+    NsView,
     SetContent,
     compile_policy,
     ip_family,
-    memberships,
+    ns_view,
     static_sets,
+    view_memberships,
 )
 
 _PLACEHOLDER = {4: "0.0.0.1", 6: "::1"}
@@ -78,6 +80,9 @@ class Desired:
         self.pod_members: dict[str, frozenset[Membership]] = {}
         self.local: dict[str, LocalPod] = {}
         self.ns_labels: dict[str, Mapping[str, str]] = {}
+        self.by_ns: dict[str, list[CompiledPolicy]] = {}  # policies whose sets a pod of that namespace may be in
+        self.cross: list[CompiledPolicy] = []  # ... plus these, for a pod of any namespace
+        self._cands: dict[str, list[NsView]] = {}  # namespace -> policies that may select its pods
 
     # ------------------------------------------------------------------------------------- full build
     def build(self, policies: Iterable[NetworkPolicy], pods: Iterable[Pod], namespaces: Iterable[Namespace]) -> None:
@@ -94,8 +99,9 @@ class Desired:
             for d in cp.directions():
                 for f in cp.families:
                     self.target_sets[cp.target_set(d, f)] = (cp.key, d)
+        for cp in self.policies.values():
+            (self.cross if cp.cross_namespace else self.by_ns.setdefault(cp.namespace, [])).append(cp)
         memo: dict[tuple, list[Membership]] = {}
-        pols = list(self.policies.values())
         for pod in pods:
             if not pod.actionable:
                 continue
@@ -104,17 +110,24 @@ class Desired:
             tmpl = memo.get(mkey)
             if tmpl is None:
                 probe = replace(pod, pod_ips=tuple(_PLACEHOLDER[f] for f in fams))
-                labels = self.ns_labels.get(pod.meta.namespace)
-                tmpl = memo[mkey] = [m for cp in pols for m in memberships(cp, probe, labels)]
+                tmpl = memo[mkey] = [m for v in self._candidates(pod.meta.namespace)
+                                     for m in view_memberships(v, probe)]
             by_fam = {f: [ip for ip in pod.pod_ips if ip_family(ip) == f] for f in fams}
             members = frozenset(replace(m, ip=ip) for m in tmpl for ip in by_fam[m.family])
             self._add_members(pod.key, members)
             self._set_local(pod)
 
     # ----------------------------------------------------------------------------------- per pod
+    def _candidates(self, namespace: str) -> list[NsView]:
+        got = self._cands.get(namespace)
+        if got is None:
+            labels = self.ns_labels.get(namespace)
+            got = self._cands[namespace] = [ns_view(cp, namespace, labels) for cp in (
+                *self.by_ns.get(namespace, ()), *(cp for cp in self.cross if cp.may_select_from(namespace, labels)))]
+        return got
+
     def members_of(self, pod: Pod) -> frozenset[Membership]:
-        labels = self.ns_labels.get(pod.meta.namespace)
-        return frozenset(m for cp in self.policies.values() for m in memberships(cp, pod, labels))
+        return frozenset(m for v in self._candidates(pod.meta.namespace) for m in view_memberships(v, pod))
 
     def update_pod(self, key: str, pod: Pod | None) -> PodDelta:
         """Move pod ``key`` to its new state (``None``: deleted) and report the difference."""
@@ -141,6 +154,7 @@ class Desired:
             self.ns_labels.pop(name, None)
         else:
             self.ns_labels[name] = labels
+        self._cands.pop(name, None)
         return True
 
     # ---------------------------------------------------------------------------------- internals

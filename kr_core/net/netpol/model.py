@@ -42,7 +42,8 @@ EGRESS = "egress"
 
 
 def ip_family(ip: str) -> int:
-    return ipaddress.ip_address(ip).version
+    """4 or 6 (addresses come from the API server, which validated them: no parsing needed)."""
+    return 6 if ":" in ip else 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +135,29 @@ class CompiledPolicy:
     def named_port_set(self, g: NamedPortGroup, family: int) -> str:
         return naming.named_port_set(self.namespace, self.name, g.direction, g.rule,
                                      f"{g.index}{g.protocol}{g.port}", family)
+
+    @property
+    def cross_namespace(self) -> bool:
+        """Can a pod of another namespace be in one of its sets? (namespaceSelector peers; egress named ports
+        resolved on any pod.) Pods of other namespaces need not be matched against other policies."""
+        for rule in (*self.ingress_rules, *self.egress_rules):
+            if any(p.namespace_selector is not None for p in rule.pod_peers):
+                return True
+            if rule.direction == EGRESS and rule.named_ports and (rule.all_peers or rule.ipblocks):
+                return True
+        return False
+
+    def may_select_from(self, namespace: str, ns_labels: Mapping[str, str] | None) -> bool:
+        """Can a pod of ``namespace`` be in one of this policy's sets? (A cheap per-namespace pre-filter.)"""
+        if namespace == self.namespace:
+            return True
+        for rule in (*self.ingress_rules, *self.egress_rules):
+            for p in rule.pod_peers:
+                if p.namespace_selector is not None and ns_labels is not None and p.namespace_selector.matches(ns_labels):
+                    return True
+            if rule.direction == EGRESS and rule.named_ports and (rule.all_peers or rule.ipblocks):
+                return True
+        return False
 
     def selects(self, pod: Pod) -> bool:
         return pod.meta.namespace == self.namespace and self.pod_selector.matches(pod.meta.labels)
@@ -279,33 +303,75 @@ class Membership:
     group: NamedPortGroup | None = None
 
 
-def memberships(cp: CompiledPolicy, pod: Pod, ns_labels: Mapping[str, str] | None) -> Iterator[Membership]:
-    """The hash:ip sets of ``cp`` that ``pod`` belongs to (nothing for a pod that is not actionable)."""
-    if not pod.actionable:
-        return
+@dataclass(frozen=True, slots=True)
+class NsView:
+    """A policy as seen by the pods of one namespace: the namespace selectors already evaluated.
+
+    ``rules`` holds, per (direction, rule), the pod selectors of the peers that apply to this namespace
+    (``None`` in the list: any pod of it), and whether the rule's named ports resolve on its pods.
+    """
+
+    cp: CompiledPolicy
+    targets: bool  # the policy's own namespace
+    rules: tuple[tuple[str, RuleSpec, tuple[LabelSelector | None, ...], bool], ...]
+
+
+def ns_view(cp: CompiledPolicy, namespace: str, ns_labels: Mapping[str, str] | None) -> NsView:
+    own = namespace == cp.namespace
+    rules = []
+    for direction in cp.directions():
+        for rule in cp.rules(direction):
+            sels = tuple(p.pod_selector for p in rule.pod_peers
+                         if (p.namespace_selector is None and own)
+                         or (p.namespace_selector is not None and ns_labels is not None
+                             and p.namespace_selector.matches(ns_labels)))
+            named = bool(rule.named_ports) and (own if direction == INGRESS else True)
+            rules.append((direction, rule, sels, named))
+    return NsView(cp, own, tuple(rules))
+
+
+def _sel_matches(sel: LabelSelector | None, labels: Mapping[str, str]) -> bool:
+    return sel is None or sel.matches(labels)
+
+
+def view_memberships(v: NsView, pod: Pod) -> Iterator[Membership]:
+    """:func:`memberships` for a pod of the view's namespace (the hot path: no namespace work per pod)."""
+    cp = v.cp
     ips = [(ip_family(ip), ip) for ip in pod.pod_ips]
     ips = [(f, ip) for f, ip in ips if f in cp.families]
-    if not ips:
+    if not ips or not pod.actionable:
         return
-    target = cp.selects(pod)
-    for direction in cp.directions():
-        if target:
+    labels = pod.meta.labels
+    target = v.targets and cp.pod_selector.matches(labels)
+    done: set[str] = set()
+    for direction, rule, sels, named in v.rules:
+        if target and direction not in done:
+            done.add(direction)
             for f, ip in ips:
                 yield Membership(cp.target_set(direction, f), f, ip, cp.key)
-        for rule in cp.rules(direction):
-            is_peer = any(peer_selects(p, cp.namespace, pod, ns_labels) for p in rule.pod_peers)
-            if is_peer:
+        is_peer = any(_sel_matches(s, labels) for s in sels)
+        if is_peer:
+            for f, ip in ips:
+                yield Membership(cp.peer_set(direction, rule.index, f), f, ip, cp.key)
+        # named ports resolve on the destination: the target (ingress) or a peer / any pod (egress)
+        if named and (target if direction == INGRESS else (is_peer or rule.all_peers or bool(rule.ipblocks))):
+            for np in rule.named_ports:
+                num = resolve_named(pod, np)
+                if num is None:
+                    continue
+                g = NamedPortGroup(direction, rule.index, np.index, np.protocol, num)
                 for f, ip in ips:
-                    yield Membership(cp.peer_set(direction, rule.index, f), f, ip, cp.key)
-            # named ports resolve on the destination: the target (ingress) or a peer / any pod (egress)
-            if rule.named_ports and (target if direction == INGRESS else (is_peer or rule.all_peers or rule.ipblocks)):
-                for np in rule.named_ports:
-                    num = resolve_named(pod, np)
-                    if num is None:
-                        continue
-                    g = NamedPortGroup(direction, rule.index, np.index, np.protocol, num)
-                    for f, ip in ips:
-                        yield Membership(cp.named_port_set(g, f), f, ip, cp.key, g)
+                    yield Membership(cp.named_port_set(g, f), f, ip, cp.key, g)
+    if target:  # a direction without rules still has its target set
+        for direction in cp.directions():
+            if direction not in done:
+                for f, ip in ips:
+                    yield Membership(cp.target_set(direction, f), f, ip, cp.key)
+
+
+def memberships(cp: CompiledPolicy, pod: Pod, ns_labels: Mapping[str, str] | None) -> Iterator[Membership]:
+    """The hash:ip sets of ``cp`` that ``pod`` belongs to (nothing for a pod that is not actionable)."""
+    return view_memberships(ns_view(cp, pod.meta.namespace, ns_labels), pod)
 
 
 @dataclass

@@ -12,6 +12,7 @@ rendered for the kernel (:func:`kr_core.net.ipset.set_name`), not here.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 
 POLICY_CHAIN_PREFIX = "KUBE-NWPLCY-"
@@ -33,6 +34,7 @@ LOCAL_PODS_SET = "kube-router-local-pods"
 FAMILY_NAMES = {4: "IPv4", 6: "IPv6"}
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def short_hash(text: str) -> str:
     """kube-router's hash: base32(sha256(text))[:16]."""
     return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
