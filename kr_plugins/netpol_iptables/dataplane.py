@@ -12,7 +12,7 @@ was, so the next attempt re-applies the same difference. Membership-only changes
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from kr_core.net.ipset import IpSet, IpsetRunner, render_members, render_sync, set_name
@@ -51,6 +51,42 @@ class ApplyResult:
         return (f"{w} chain(s) written, {d} deleted, {len(self.sets_synced)} set(s) synced, "
                 f"{len(self.sets_destroyed)} destroyed ({self.iptables_restores} iptables-restore, "
                 f"{self.ipset_restores} ipset restore)")
+
+
+def splice(old: tuple[str, ...] | None, new: tuple[str, ...]) -> tuple[int, list[str], list[str]] | None:
+    """How to turn ``old`` into ``new`` by deleting and inserting rules in the middle of a chain whose middle
+    rules (one jump per local pod) may be in any order: (insert position, rules to delete, rules to insert).
+
+    None when it cannot (unknown old content, duplicates, or the head/tail of the chain changed).
+    """
+    if old is None or old == _UNKNOWN or len(set(old)) != len(old) or len(set(new)) != len(new):
+        return None
+    p = 0
+    while p < min(len(old), len(new)) and old[p] == new[p]:
+        p += 1
+    q = 0
+    while q < min(len(old), len(new)) - p and old[-1 - q] == new[-1 - q]:
+        q += 1
+    a, b = old[p:len(old) - q], new[p:len(new) - q]
+    if not all(r.startswith("-m comment --comment \"rule to jump traffic ") for r in (*a, *b)):
+        return None  # only the per-pod jumps may move
+    gone, came = set(a) - set(b), [r for r in b if r not in set(a)]
+    return p + 1, [r for r in a if r in gone], came
+
+
+def render_payload(full: Mapping[str, Sequence[str]], splices: Mapping[str, tuple[int, list[str], list[str]]],
+                   delete: Sequence[str]) -> str:
+    """One ``iptables-restore --noflush`` payload: chains rewritten whole, chains spliced (-D/-I of single
+    rules), chains deleted (after the rules that jumped to them are gone)."""
+    lines = ["*filter", *(f":{c} - [0:0]" for c in (*full, *delete))]
+    for c, rules in full.items():
+        lines += [f"-A {c} {r}" for r in rules]
+    for c, (pos, dels, ins) in splices.items():
+        lines += [f"-D {c} {r}" for r in dels]
+        lines += [f"-I {c} {pos} {r}" for r in reversed(ins)]
+    lines += [f"-X {c}" for c in delete]
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
 
 
 class Dataplane:
@@ -109,7 +145,11 @@ class Dataplane:
             delete = [c for c in have if c not in rs.chains]
             if not write and not delete:
                 continue
-            payload = self.ipt[f].apply({"filter": write}, delete={"filter": delete} if delete else None)
+            splices = {c: sp for c, r in write.items() if c.startswith("KUBE-ROUTER-")
+                       and (sp := splice(have.get(c), r)) is not None}
+            full = {c: r for c, r in write.items() if c not in splices}
+            payload = render_payload(full, splices, delete)
+            self.ipt[f].restore(payload)
             self.iptables_restores += 1
             res.iptables_restores += 1
             res.iptables_payloads[f] = payload

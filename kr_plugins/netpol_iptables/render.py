@@ -18,6 +18,7 @@ set changes only. Everything here is a pure function of its inputs; golden tests
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -147,6 +148,13 @@ def _port_matches(rule: RuleSpec, groups: Iterable[NamedPortGroup], cp: Compiled
     return out
 
 
+@functools.lru_cache(maxsize=8192)
+def cached_policy_rules(cp: CompiledPolicy, direction: str, family: int,
+                        groups: frozenset[NamedPortGroup]) -> tuple[str, ...]:
+    """:func:`policy_rules`, memoised: a policy's text is recomputed only when it or its named-port groups change."""
+    return tuple(policy_rules(cp, direction, family, groups))
+
+
 def policy_rules(cp: CompiledPolicy, direction: str, family: int, groups: Iterable[NamedPortGroup] = (),
                  sets: set[str] | None = None) -> list[str]:
     """The rules of one policy chain (one direction, one family): MARK + RETURN per (peer kind x port).
@@ -185,6 +193,12 @@ def _set_names(args: Sequence[str]) -> list[str]:
 # --------------------------------------------------------------------------------------------- pods
 
 def pod_chain(pod: LocalPod, desired: Desired, family: int, opts: Options) -> list[str]:
+    names = tuple((desired.policies[k].namespace, desired.policies[k].name) for k in (*pod.ingress, *pod.egress))
+    return list(_pod_chain(pod, names, family, opts))
+
+
+@functools.lru_cache(maxsize=8192)
+def _pod_chain(pod: LocalPod, names: tuple[tuple[str, str], ...], family: int, opts: Options) -> tuple[str, ...]:
     ip = pod.ips_of(family)[0]
     rules = [_r("-j", naming.COMMON_CHAIN),
              _r(*_comment("rule to permit the traffic to pods when source is the pod's local node"),
@@ -195,14 +209,11 @@ def pod_chain(pod: LocalPod, desired: Desired, family: int, opts: Options) -> li
     if not pod.ingress:
         rules.append(_r(*_comment("run through default ingress network policy chain"), "-d", ip,
                         "-j", naming.DEFAULT_CHAIN))
-    for key in pod.ingress:
-        cp = desired.policies[key]
-        rules.append(_r(*_comment(f"run through nw policy {cp.name}"), "-d", ip,
-                        "-j", naming.policy_chain(cp.namespace, cp.name, family, INGRESS)))
-    for key in pod.egress:
-        cp = desired.policies[key]
-        rules.append(_r(*_comment(f"run through nw policy {cp.name}"), "-s", ip,
-                        "-j", naming.policy_chain(cp.namespace, cp.name, family, EGRESS)))
+    n_in = len(pod.ingress)
+    for i, (ns, name) in enumerate(names):
+        direction, flag = (INGRESS, "-d") if i < n_in else (EGRESS, "-s")
+        rules.append(_r(*_comment(f"run through nw policy {name}"), flag, ip,
+                        "-j", naming.policy_chain(ns, name, family, direction)))
     unmarked = ["-m", "mark", "!", "--mark", MARK_ALLOWED]
     if opts.nflog:
         rules.append(_r(*_comment(f"rule to log dropped traffic POD name:{pod.name} namespace: {pod.namespace}"),
@@ -213,7 +224,7 @@ def pod_chain(pod: LocalPod, desired: Desired, family: int, opts: Options) -> li
     rules.append(_r("-j", "MARK", "--set-xmark", "0x0/0x10000"))
     rules.append(_r(*_comment("set mark to ACCEPT traffic that comply to network policies"),
                     "-j", "MARK", "--set-xmark", MARK_OK))
-    return rules
+    return tuple(rules)
 
 
 def top_chains(local: Sequence[LocalPod], family: int, opts: Options) -> dict[str, list[str]]:
@@ -259,7 +270,7 @@ def render(desired: Desired, family: int, opts: Options) -> Ruleset:
         groups = desired.groups_of(key)
         for direction in sorted(needed[key]):
             chain = naming.policy_chain(cp.namespace, cp.name, family, direction)
-            rs.chains[chain] = policy_rules(cp, direction, family, groups, existing)
+            rs.chains[chain] = list(cached_policy_rules(cp, direction, family, groups))
         for name in sorted(existing):
             s = desired.sets[name]
             if s.family == family:

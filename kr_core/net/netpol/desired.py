@@ -113,7 +113,8 @@ class Desired:
                 tmpl = memo[mkey] = [m for v in self._candidates(pod.meta.namespace)
                                      for m in view_memberships(v, probe)]
             by_fam = {f: [ip for ip in pod.pod_ips if ip_family(ip) == f] for f in fams}
-            members = frozenset(replace(m, ip=ip) for m in tmpl for ip in by_fam[m.family])
+            members = frozenset(Membership(m.set_name, m.family, ip, m.policy, m.group)
+                                for m in tmpl for ip in by_fam[m.family])
             self._add_members(pod.key, members)
             self._set_local(pod)
 

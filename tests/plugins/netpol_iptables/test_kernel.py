@@ -171,6 +171,14 @@ def test_default_deny_new_pod_is_unreachable_until_programmed(make_cluster):
     c.add(c.pods[key])
     assert probe(c.pod_ns["x/a"], ip, 80, "TCP") and probe(c.pod_ns[key], c.pods["x/a"].pod_ip, 80, "TCP")
     assert ip in c.ipset("list", naming.LOCAL_PODS_SET)
+    # the top-level chains got the new pod's jumps spliced in, not rewritten
+    payload = c.caller.instance.last_apply.iptables_payloads[4]
+    assert f"-I {naming.FORWARD_CHAIN} " in payload and f":{naming.FORWARD_CHAIN} " not in payload
+    fwd = netns.run(c.node_ns, ["iptables", "-S", naming.FORWARD_CHAIN]).stdout.splitlines()
+    assert fwd[-2].endswith(f"-j {naming.TAIL_CHAIN}") and sum(ip + "/32" in r for r in fwd) == 2
+    c.delete(c.pods[key])
+    fwd = netns.run(c.node_ns, ["iptables", "-S", naming.FORWARD_CHAIN]).stdout
+    assert ip not in fwd and naming.pod_chain("x", "new") not in c.iptables_save()
 
 
 def test_legacy_mode_and_detection(make_cluster):

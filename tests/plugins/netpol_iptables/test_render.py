@@ -97,3 +97,18 @@ def test_golden_whoami():
         rs = render(d, f, opts)
         golden(f"whoami-v{f}.rules", render_restore({"filter": rs.chains}))
         golden(f"whoami-v{f}.ipset", render_sync(rs.sets.values()))
+
+
+def test_splice_of_top_chains():
+    from kr_plugins.netpol_iptables.dataplane import render_payload, splice
+    j = '-m comment --comment "rule to jump traffic {}" -s {} -j X'
+    old = ("-d 10.96.0.0/12 -j RETURN", j.format(1, "10.0.0.1"), j.format(2, "10.0.0.2"), "-j TAIL")
+    new = ("-d 10.96.0.0/12 -j RETURN", j.format(2, "10.0.0.2"), j.format(3, "10.0.0.3"), "-j TAIL")
+    pos, dels, ins = splice(old, new)
+    assert (pos, dels, ins) == (2, [old[1]], [new[2]])
+    text = render_payload({"KUBE-POD-FW-X": ["-j ACCEPT"]}, {"KUBE-ROUTER-INPUT": (pos, dels, ins)}, ["KUBE-POD-FW-Y"])
+    assert text.splitlines() == ["*filter", ":KUBE-POD-FW-X - [0:0]", ":KUBE-POD-FW-Y - [0:0]",
+                                 "-A KUBE-POD-FW-X -j ACCEPT", f"-D KUBE-ROUTER-INPUT {old[1]}",
+                                 f"-I KUBE-ROUTER-INPUT 2 {new[2]}", "-X KUBE-POD-FW-Y", "COMMIT"]
+    assert splice(old, ("-j OTHER", *new[1:])) is None  # the head changed: rewrite
+    assert splice(None, new) is None
