@@ -23,6 +23,7 @@ from typing import Any
 from kr_core.net.nft import Nft
 
 from . import render
+from .nfnl import ElementWriter
 from .render import Rule, Ruleset, SetSpec
 
 log = logging.getLogger("kr.nft_netpol")
@@ -57,14 +58,21 @@ class Plan:
 class Dataplane:
     """kr's ``inet kube-router-netpol`` table in the namespace ``nft`` is bound to."""
 
-    def __init__(self, nft: Nft | None = None) -> None:
+    def __init__(self, nft: Nft | None = None, *, fast_elements: bool = True) -> None:
         self.nft = nft if nft is not None else Nft()
+        self.writer: ElementWriter | None = None
+        if fast_elements:
+            try:
+                self.writer = ElementWriter(render.FAMILY, render.TABLE)
+            except OSError as exc:  # no netfilter netlink here: libnftables does it all
+                log.warning("element changes through libnftables only: %s", exc)
         self.known = False  # False: the table's content is unknown (first apply replaces it)
         self.chains: dict[str, tuple[Rule, ...]] = {}
         self.sets: dict[str, SetSpec] = {}
         self.elements: dict[str, set[str]] = {}
         self.maps: dict[str, dict[str, str]] = {}
         self.transactions = 0
+        self.fast_transactions = 0  # of which sent as raw nfnetlink element batches
         self.last_apply_s = 0.0
         self.last_commands = 0
 
@@ -207,7 +215,7 @@ class Dataplane:
         if not p.commands:
             return p
         t0 = time.perf_counter()
-        self.nft.run(p.commands, what=what or "network policy")
+        self._send(p.commands, what or "network policy")
         self.last_apply_s = time.perf_counter() - t0
         self.last_commands = len(p.commands)
         self.transactions += 1
@@ -257,7 +265,7 @@ class Dataplane:
         if not cmds:
             return 0
         t0 = time.perf_counter()
-        self.nft.run(cmds, what=what or "set members")
+        self._send(cmds, what or "set members")
         self.last_apply_s = time.perf_counter() - t0
         self.last_commands = len(cmds)
         self.transactions += 1
@@ -266,6 +274,16 @@ class Dataplane:
         for n, es in dels.items():
             self.elements[n].difference_update(es)
         return sum(map(len, adds.values())) + sum(map(len, dels.values()))
+
+    def _send(self, cmds: list[dict[str, Any]], what: str) -> None:
+        """One transaction: raw nfnetlink when it is only elements of plain sets and maps (no libnftables
+        cache to fill), libnftables otherwise."""
+        changes = _element_changes(cmds, self.sets, self.maps) if self.writer is not None else None
+        if changes is not None and self.writer is not None:
+            self.writer.apply(changes, what=what)
+            self.fast_transactions += 1
+        else:
+            self.nft.run(cmds, what=what)
 
     # ------------------------------------------------------------------------------------ lifecycle
     def adopt(self) -> bool:
@@ -281,6 +299,28 @@ class Dataplane:
         self.known = False
         self.chains, self.sets, self.elements, self.maps = {}, {}, {}, {}
         return gone
+
+
+def _element_changes(cmds: list[dict[str, Any]], sets: dict[str, SetSpec],
+                     maps: dict[str, dict[str, str]]) -> list[tuple[str, str, list[Any]]] | None:
+    """The commands as (add|delete, name, elements) when they are all element changes of plain sets or
+    verdict maps; None otherwise."""
+    out: list[tuple[str, str, list[Any]]] = []
+    for c in cmds:
+        if len(c) != 1:
+            return None
+        ((verb, body),) = c.items()
+        el = body.get("element") if verb in ("add", "delete") and len(body) == 1 else None
+        if el is None:
+            return None
+        name = el["name"]
+        spec = sets.get(name)
+        if spec is not None and spec.interval:
+            return None
+        if spec is None and name not in maps:
+            return None  # not programmed yet
+        out.append((verb, name, [e if isinstance(e, str) else (e[0], e[1]["jump"]["target"]) for e in el["elem"]]))
+    return out
 
 
 def _only(rs: Ruleset, chains: list[str]) -> Ruleset:

@@ -107,7 +107,7 @@ def test_pod_changes_are_element_moves(make_cluster):
     assert "10.244.1.7" not in nft_list(c, f"set inet kube-router-netpol {peer}")
     c.delete(remote)
     c.relabel_pod("y/a", {"pod": "a", "role": "cli"})  # a local pod becomes a client: its policies unchanged
-    assert dp(c).transactions == tx + 3 and dp(c).last_commands == 1
+    assert dp(c).transactions == tx + 3 and dp(c).last_commands == 1 and dp(c).fast_transactions >= 3
     assert dp(c).chains == chains
     assert not wait_matrix(c, expect(c))
     # a new local pod the policy selects: its chain, its map element and set elements, one transaction
@@ -248,3 +248,26 @@ def test_switch_backends_under_traffic(make_cluster):
         # is the one call it needs after its first successful sync); do it here so the rest is checked
         c.in_node(remove_nft_state)
     assert not wait_matrix(c, want)
+
+
+def test_raw_element_batches_are_atomic():
+    need_root()
+    from kr_plugins.nft_netpol.nfnl import ElementWriter, NfnlError
+    with netns.temporary("krnfl") as name:
+        nft = netns.call_in(name, Nft)
+        nft.run_text("add table inet kube-router-netpol; add set inet kube-router-netpol s { type ipv4_addr; }; "
+                     "add chain inet kube-router-netpol c; "
+                     "add map inet kube-router-netpol m { type ipv4_addr : verdict; }")
+        w = netns.call_in(name, ElementWriter, "inet", "kube-router-netpol")
+        try:
+            w.apply([("add", "s", ["10.0.0.1", "10.0.0.2"]), ("add", "m", [("10.0.0.1", "c")])])
+            text = nft.run_text("list table inet kube-router-netpol")
+            assert "10.0.0.1, 10.0.0.2" in text and "10.0.0.1 : jump c" in text
+            with pytest.raises(NfnlError):  # the second message fails: the first is not applied either
+                w.apply([("add", "s", ["10.0.0.3"]), ("delete", "s", ["10.9.9.9"])])
+            assert "10.0.0.3" not in nft.run_text("list set inet kube-router-netpol s")
+            w.apply([("delete", "s", ["10.0.0.1"]), ("delete", "m", [("10.0.0.1", "c")])])
+            text = nft.run_text("list table inet kube-router-netpol")
+            assert "10.0.0.1" not in text and "10.0.0.2" in text
+        finally:
+            w.close()

@@ -188,7 +188,7 @@ def test_plan_membership_only_and_changed_chains_only():
     d = Desired("node-1")
     d.build(pols, [pod("a", "x", "10.244.0.10", labels={"pod": "a"})], [ns("x")])
     nft = FakeNft()
-    dp = Dataplane(nft)  # type: ignore[arg-type]
+    dp = Dataplane(nft, fast_elements=False)  # type: ignore[arg-type]
     r = Renderer()
     opts = Options()
     dp.apply(r.render(d, opts))
@@ -220,7 +220,7 @@ def test_failed_transaction_keeps_committed_state():
     d = Desired("node-1")
     d.build([policy("p", "x", {"podSelector": {}})], [pod("a", "x", "10.244.0.10")], [ns("x")])
     nft = FakeNft()
-    dp = Dataplane(nft)  # type: ignore[arg-type]
+    dp = Dataplane(nft, fast_elements=False)  # type: ignore[arg-type]
     dp.apply(render.render(d, Options()))
     before = (dict(dp.chains), dict(dp.maps))
     d.update_pod("x/b", pod("b", "x", "10.244.0.11"))
