@@ -133,14 +133,27 @@ class Plugin:
 
     @hookimpl
     def on_policy(self, event: Event) -> None:
-        self._rebuild(f"policy {event.obj.key} {event.type.value}")
+        assert self.desired is not None
+        t0 = time.monotonic()
+        self.desired.update_policy(event.obj.key, event.new if event.type is not EventType.DELETED else None)
+        self._apply(f"policy {event.obj.key} {event.type.value}")
+        self.m_sync.observe(time.monotonic() - t0)
 
     @hookimpl
     def on_namespace(self, event: Event) -> None:
         old = event.old.meta.labels if event.old is not None else None
         new = event.new.meta.labels if event.new is not None else None
-        if old != new:
-            self._rebuild(f"namespace {event.obj.key} labels changed")
+        if old == new:
+            return
+        assert self.desired is not None and self.dp is not None
+        delta = self.desired.update_namespace(event.obj.name, event.new)
+        why = f"namespace {event.obj.name} labels changed"
+        if delta.rules_changed:
+            self._apply(why)
+        elif delta.added or delta.removed:
+            n = self.dp.update_members([(m.set_name, m.family, m.ip) for m in delta.added],
+                                       [(m.set_name, m.family, m.ip) for m in delta.removed])
+            self.log.info("%s: %d set member(s) changed, no rule changed", why, n)
 
     @hookimpl
     def on_node(self, event: Event) -> None:

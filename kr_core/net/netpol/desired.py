@@ -83,6 +83,8 @@ class Desired:
         self.by_ns: dict[str, list[CompiledPolicy]] = {}  # policies whose sets a pod of that namespace may be in
         self.cross: list[CompiledPolicy] = []  # ... plus these, for a pod of any namespace
         self._cands: dict[str, list[NsView]] = {}  # namespace -> policies that may select its pods
+        self.pods: dict[str, Pod] = {}  # actionable pods by key
+        self.pods_by_ns: dict[str, set[str]] = {}
 
     # ------------------------------------------------------------------------------------- full build
     def build(self, policies: Iterable[NetworkPolicy], pods: Iterable[Pod], namespaces: Iterable[Namespace]) -> None:
@@ -105,6 +107,7 @@ class Desired:
         for pod in pods:
             if not pod.actionable:
                 continue
+            self._remember(pod.key, pod)
             fams = tuple(sorted({ip_family(ip) for ip in pod.pod_ips}))
             mkey = (pod.meta.namespace, pod.meta.labels, pod.ports, fams)
             tmpl = memo.get(mkey)
@@ -130,8 +133,17 @@ class Desired:
     def members_of(self, pod: Pod) -> frozenset[Membership]:
         return frozenset(m for v in self._candidates(pod.meta.namespace) for m in view_memberships(v, pod))
 
+    def _remember(self, key: str, pod: Pod | None) -> None:
+        old = self.pods.pop(key, None)
+        if old is not None:
+            self.pods_by_ns.get(old.meta.namespace, set()).discard(key)
+        if pod is not None and pod.actionable:
+            self.pods[key] = pod
+            self.pods_by_ns.setdefault(pod.meta.namespace, set()).add(key)
+
     def update_pod(self, key: str, pod: Pod | None) -> PodDelta:
         """Move pod ``key`` to its new state (``None``: deleted) and report the difference."""
+        self._remember(key, pod)
         old = self.pod_members.get(key, frozenset())
         new = self.members_of(pod) if pod is not None and pod.actionable else frozenset()
         delta = PodDelta()
@@ -145,6 +157,62 @@ class Desired:
             self._set_local(pod)
         delta.local_changed = before != self.local.get(key)
         return delta
+
+    def update_policy(self, key: str, pol: NetworkPolicy | None) -> PodDelta:
+        """Recompile one policy (``None``: deleted) and move only its memberships (no full rebuild)."""
+        delta = PodDelta(local_changed=True)
+        old = self.policies.pop(key, None)
+        if old is not None:
+            for pk, members in list(self.pod_members.items()):
+                mine = frozenset(m for m in members if m.policy == key)
+                if mine:
+                    delta.removed += self._remove_members(pk, mine, delta)
+                    self.pod_members[pk] = members - mine
+            for s in static_sets(old):
+                self.sets.pop(s.name, None)
+                self.refs.pop(s.name, None)
+            self.groups.pop(key, None)
+            self.target_sets = {n: t for n, t in self.target_sets.items() if t[0] != key}
+            (self.cross if old.cross_namespace else self.by_ns.get(old.namespace, [])).remove(old)
+        if pol is not None:
+            cp = compile_policy(pol, self.families)
+            for msg in cp.problems:
+                self.on_problem(cp.key, msg)
+            self.policies[key] = cp
+            (self.cross if cp.cross_namespace else self.by_ns.setdefault(cp.namespace, [])).append(cp)
+            for s in static_sets(cp):
+                self.sets.setdefault(s.name, s)
+            for d in cp.directions():
+                for f in cp.families:
+                    self.target_sets[cp.target_set(d, f)] = (cp.key, d)
+            for ns, keys in self.pods_by_ns.items():
+                labels = self.ns_labels.get(ns)
+                if not keys or not cp.may_select_from(ns, labels):
+                    continue
+                v = ns_view(cp, ns, labels)
+                for pk in keys:
+                    new = frozenset(view_memberships(v, self.pods[pk]))
+                    if new:
+                        delta.added += self._add_members(pk, self.pod_members.get(pk, frozenset()) | new, delta,
+                                                         only=new)
+        self._cands.clear()
+        for pk in [k for k, p in self.pods.items() if p.node_name == self.node_name]:
+            self.local.pop(pk, None)
+            self._set_local(self.pods[pk])
+        return delta
+
+    def update_namespace(self, name: str, ns: Namespace | None) -> PodDelta:
+        """A namespace's labels changed: re-match its pods (namespace selectors); returns the combined delta."""
+        total = PodDelta()
+        if not self.set_namespace(ns, name):
+            return total
+        for pk in sorted(self.pods_by_ns.get(name, ())):
+            d = self.update_pod(pk, self.pods[pk])
+            total.added += d.added
+            total.removed += d.removed
+            total.groups_changed |= d.groups_changed
+            total.local_changed |= d.local_changed
+        return total
 
     def set_namespace(self, ns: Namespace | None, name: str) -> bool:
         """Record a namespace's labels; True when they changed (callers then rebuild)."""
