@@ -36,6 +36,10 @@ from .speaker import LearnedPath, Speaker
 log = logging.getLogger("kr.bgp_routing.injector")
 
 OVERLAY_TABLE = 77
+CATCHUP_EVENTS = 200  # per-path events within CATCHUP_WINDOW that make the watcher re-read the table
+CATCHUP_WINDOW = 0.05
+BURST_QUIET = 0.005  # s without a new event that ends a burst
+BURST_MAX = 0.1  # s: the longest a burst is gathered before it is applied
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,6 @@ class Injected:
     route: Route
     next_hop: str
     tunnel: str | None
-    gen: int
 
 
 def decide(next_hop: str, cfg: InjectConfig) -> str:
@@ -82,6 +85,7 @@ class InjectStats:
     added: int = 0
     removed: int = 0
     syncs: int = 0
+    catch_ups: int = 0
     last_sync_seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
 
@@ -97,7 +101,6 @@ class Injector:
         self.routes: dict[str, Injected] = {}
         self.tunnels: dict[str, str] = {}  # name -> next hop
         self.pending: dict[str, LearnedPath] = {}  # paths waiting for a config (no node IP yet)
-        self.gen = 0
         self.stats = InjectStats()
         self.connected = threading.Event()
         self._q: queue.Queue[list[LearnedPath] | str] = queue.Queue()
@@ -105,7 +108,8 @@ class Injector:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._speaker: Speaker | None = None
-        self._gen_started = time.monotonic()
+        self._pending_table: set[str] | None = None
+        self._decided: tuple[InjectConfig | None, dict[str, str]] = (None, {})
 
     # -------------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -140,17 +144,33 @@ class Injector:
 
     # -------------------------------------------------------------------------------- watch thread
     def _watch_loop(self) -> None:
+        """Read gobgpd's best-path stream. Its first message is the whole table (the ``init`` dump, one
+        message); after it gobgpd sends one message per path, at a few thousand per second. When such a burst
+        is running (more than CATCHUP_EVENTS within CATCHUP_WINDOW) the stream is re-opened at once: the new
+        ``init`` dump carries the table as it is now, which is much faster than the queued per-path events."""
         backoff = 0.2
         while not self._stop.is_set():
+            catch_up = False
             try:
                 sp = self.make_speaker()
                 self._speaker = sp
                 sp.wait_ready(timeout=5)
-                self._q.put("reconnected")
                 self.connected.set()
                 backoff = 0.2
-                for batch in sp.watch_best():
-                    self._q.put(batch)
+                window_start, in_window = time.monotonic(), 0
+                for init, batch in sp.watch_best():
+                    self._q.put(("init" if init else "paths", batch))
+                    if init:
+                        window_start, in_window = time.monotonic(), 0
+                        continue
+                    in_window += len(batch)
+                    now = time.monotonic()
+                    if now - window_start > CATCHUP_WINDOW:
+                        window_start, in_window = now, 0
+                    elif in_window > CATCHUP_EVENTS:
+                        catch_up = True
+                        self.stats.catch_ups += 1
+                        break
             except (grpc.RpcError, grpc.FutureTimeoutError) as exc:
                 if self._stop.is_set():
                     return
@@ -165,6 +185,8 @@ class Injector:
                 with contextlib.suppress(Exception):
                     if self._speaker is not None:
                         self._speaker.close()
+            if catch_up:
+                continue
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 5.0)
 
@@ -177,47 +199,61 @@ class Injector:
             except queue.Empty:
                 item = "resync"
             items = [item]
-            while True:
+            # gobgpd sends one event per path: gather a burst (until 5 ms of quiet, at most 100 ms) so a
+            # table of thousands of paths becomes a few netlink batches instead of one per path
+            first = time.monotonic()
+            while time.monotonic() - first < BURST_MAX:
                 try:
-                    items.append(self._q.get_nowait())
+                    items.append(self._q.get(timeout=BURST_QUIET))
                 except queue.Empty:
                     break
             if "stop" in items:
                 return
             paths: dict[str, LearnedPath] = {}
             redo = resync = False
+            table: set[str] | None = None  # the prefixes of the latest init dump: the complete table
             for it in items:
-                if isinstance(it, list):
-                    for p in it:
+                if isinstance(it, tuple):
+                    kind, batch = it
+                    if kind == "init":
+                        paths = {}  # the dump supersedes everything queued before it
+                        table = set()
+                    for p in batch:
                         if p.neighbor or p.withdraw:
                             paths[p.prefix] = p
-                elif it == "reconnected":
-                    self.gen += 1
-                    self._gen_started = time.monotonic()
+                        if table is not None and not p.withdraw:
+                            table.add(p.prefix)
                 elif it == "reconfigure":
                     redo = True
                 elif it == "resync":
                     resync = True
             try:
-                self._apply(paths, redo=redo, resync=resync)
+                self._apply(paths, redo=redo, resync=resync, table=table)
             except Exception as exc:  # a failed batch is retried on the next resync
                 log.exception("route injection failed")
                 self.stats.errors = [str(exc)]
             if resync:
                 next_resync = time.monotonic() + self.resync
 
-    def _apply(self, paths: dict[str, LearnedPath], *, redo: bool, resync: bool) -> None:
+    def _apply(self, paths: dict[str, LearnedPath], *, redo: bool, resync: bool,
+               table: set[str] | None = None) -> None:
         t0 = time.monotonic()
         with self._lock:
             cfg = self.cfg
         if not (cfg.node_ip4 or cfg.node_ip6):  # not configured yet: keep the paths for later
+            if table is not None:
+                self.pending, self._pending_table = {}, table
             self.pending.update(paths)
             return
         if self.pending:
             paths = {**self.pending, **paths}
             self.pending = {}
+        if table is None:
+            table = self._pending_table
+        self._pending_table = None
         replace: dict[str, Injected] = {}
         delete: dict[str, Injected] = {}
+        received = 0
         if redo:  # settings changed: re-decide every route we hold
             for prefix, inj in list(self.routes.items()):
                 paths.setdefault(prefix, LearnedPath(prefix, inj.next_hop, "redo", False, 6 if ":" in prefix else 4))
@@ -227,25 +263,23 @@ class Injector:
                 if old:
                     delete[prefix] = old
                 continue
-            self.stats.received += 1
-            self.on_stats("received", 1)
+            received += 1
             new = self._route_for(p, cfg)
             if new is None:
                 if old:
                     delete[prefix] = old
                 continue
-            new.gen = self.gen
             if old and old.route == new.route:
-                old.gen = self.gen
                 continue
             if old and (old.route.table != new.route.table or old.route.gateway is None) and old.tunnel != new.tunnel:
                 delete[prefix] = old
             replace[prefix] = new
-        if resync:
-            stale_after = self._gen_started + 5.0  # give a fresh stream time to replay the table
+        if table is not None:  # a fresh dump is the whole table: what it lacks was withdrawn meanwhile
             for prefix, inj in self.routes.items():
-                if inj.gen < self.gen and time.monotonic() > stale_after and prefix not in replace:
+                if prefix not in table and prefix not in replace:
                     delete[prefix] = inj
+        self.stats.received += received
+        self.on_stats("received", received)
         repl_routes = [i.route for i in replace.values()]
         extra: list[Route] = []
         for inj in replace.values():
@@ -273,13 +307,17 @@ class Injector:
         self.stats.removed += removed
         self.on_stats("added", added)
         self.on_stats("removed", removed)
-        for prefix, inj in replace.items():
-            log.info("route %s: %s%s (learned from BGP)", prefix,
-                     f"via {inj.route.gateway}" if inj.route.gateway else f"dev {inj.tunnel}",
-                     "" if not inj.tunnel else f" to {inj.next_hop}")
-        for prefix in delete:
-            if prefix not in replace:
-                log.info("route %s: withdrawn, removed from the kernel", prefix)
+        if added + removed <= 20:
+            for prefix, inj in replace.items():
+                log.info("route %s: %s%s (learned from BGP)", prefix,
+                         f"via {inj.route.gateway}" if inj.route.gateway else f"dev {inj.tunnel}",
+                         "" if not inj.tunnel else f" to {inj.next_hop}")
+            for prefix in delete:
+                if prefix not in replace:
+                    log.info("route %s: withdrawn, removed from the kernel", prefix)
+        else:
+            log.info("routes learned from BGP: %d added/replaced, %d withdrawn (%d held)", added, removed,
+                     len(self.routes))
         self._gc_tunnels()
         self.stats.syncs += 1
         self.stats.last_sync_seconds = time.monotonic() - t0
@@ -288,11 +326,15 @@ class Injector:
 
     # -------------------------------------------------------------------------------- tunnels
     def _route_for(self, p: LearnedPath, cfg: InjectConfig) -> Injected | None:
-        how = decide(p.next_hop, cfg)
+        if self._decided[0] is not cfg:
+            self._decided = (cfg, {})
+        how = self._decided[1].get(p.next_hop)
+        if how is None:  # one decision per next hop and config: thousands of paths share a few next hops
+            how = self._decided[1][p.next_hop] = decide(p.next_hop, cfg)
         if how == "none":
             return None
         if how == "via":
-            return Injected(Route(dst=p.prefix, gateway=p.next_hop), p.next_hop, None, self.gen)
+            return Injected(Route(dst=p.prefix, gateway=p.next_hop), p.next_hop, None)
         local = cfg.node_ip6 if ":" in p.next_hop else cfg.node_ip4
         if not local:
             return None
@@ -300,7 +342,7 @@ class Injector:
         idx = self._ensure_tunnel(name, p.next_hop, local, cfg)
         if idx is None:
             return None
-        return Injected(Route(dst=p.prefix, oif=idx, prefsrc=local), p.next_hop, name, self.gen)
+        return Injected(Route(dst=p.prefix, oif=idx, prefsrc=local), p.next_hop, name)
 
     def _ip(self, *args: str, check: bool = True) -> Any:
         return kr_netns.run(self.netns, ["ip", *args], check=check)

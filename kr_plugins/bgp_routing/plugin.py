@@ -103,6 +103,8 @@ class Plugin:
         self.last_error = ""
         self._logged: set[str] = set()
         self._pending_reset: set[str] = set()  # soft reset directions owed after a policy swap
+        self._iface: tuple[str, str, list[str], int | None] | None = None  # (node IP, iface, subnets, mtu)
+        self._host_key: tuple[Any, ...] | None = None
 
     def _reset_committed(self) -> None:
         self.global_spec: GlobalSpec | None = None
@@ -216,7 +218,7 @@ class Plugin:
         self.vips = {}
         for svc in self.ctx.caches.services.list():
             self.vips[svc.key] = self._service_vips(svc.key, ips)
-        self.reconcile(reason)
+        self.reconcile(reason, full=True)
 
     @hookimpl
     def on_node(self, event: Event) -> None:
@@ -266,7 +268,7 @@ class Plugin:
             if self.metrics:
                 self.metrics.bad_input.labels(obj.split(" ")[0]).inc()
 
-    def reconcile(self, reason: str) -> None:
+    def reconcile(self, reason: str, *, full: bool = False) -> None:
         """Bring gobgpd, the host and the injector in line with the caches; apply only differences."""
         assert self.ctx is not None and self.sp is not None and self.host is not None and self.injector is not None
         t0 = time.monotonic()
@@ -291,20 +293,10 @@ class Plugin:
         if not primary:
             self._bad(f"node {me.name}", "no InternalIP/ExternalIP; BGP not configured")
             return
-        iface, subnets, mtu = self.host.iface_of(primary)
+        if full or self._iface is None or self._iface[0] != primary:
+            self._iface = (primary, *self.host.iface_of(primary))
+        _, iface, subnets, mtu = self._iface
 
-        # host: ipsets always; bridge/CNI/forward/egress with host_setup
-        members = cluster_ipsets(nodes)
-        self.host.sync_ipsets(ipsets_for(members, s.families))
-        if self.cfg.host_setup:
-            overlay_mtu = mtu - (50 if s.overlay_encap == "vxlan" else 20) if mtu and s.enable_overlay else mtu
-            if s.enable_cni:
-                self.host.ensure_bridge(cidrs, overlay_mtu if s.auto_mtu else None)
-                self.host.write_cni(self.cfg.cni_conf_file or os.environ.get("KUBE_ROUTER_CNI_CONF_FILE", DEFAULT_CNI_CONF),
-                                    cidrs, overlay_mtu if s.auto_mtu else None)
-            self.host.forward_accepts(iface)
-            self.host.pod_egress(s.enable_pod_egress)
-        self.host.overlay_rules(cidrs, s.enable_overlay)
         self.injector.configure(InjectConfig(
             node_ip4=ip4, node_ip6=ip6, local_subnets=tuple(subnets), own_prefixes=frozenset(cidrs),
             enable_overlay=s.enable_overlay, overlay_type=s.overlay_type, encap=s.overlay_encap,
@@ -381,6 +373,24 @@ class Plugin:
             if nh:
                 want[vip_prefix(ip)] = nh
         self._apply_paths(want, cidrs)
+
+        # host (after BGP, so advertisements are not delayed by it): ipsets always (a cheap compare when unchanged); bridge, CNI, ip rules when their inputs change;
+        # FORWARD accepts and pod egress on full syncs (they repair drift there)
+        members = cluster_ipsets(nodes)
+        self.host.sync_ipsets(ipsets_for(members, s.families))
+        overlay_mtu = mtu - (50 if s.overlay_encap == "vxlan" else 20) if mtu and s.enable_overlay else mtu
+        host_key = (cidrs, iface, overlay_mtu)
+        if full or host_key != self._host_key:
+            if self.cfg.host_setup:
+                if s.enable_cni:
+                    self.host.ensure_bridge(cidrs, overlay_mtu if s.auto_mtu else None)
+                    self.host.write_cni(self.cfg.cni_conf_file or os.environ.get("KUBE_ROUTER_CNI_CONF_FILE",
+                                                                                 DEFAULT_CNI_CONF),
+                                        cidrs, overlay_mtu if s.auto_mtu else None)
+                self.host.forward_accepts(iface)
+                self.host.pod_egress(s.enable_pod_egress)
+            self.host.overlay_rules(cidrs, s.enable_overlay)
+            self._host_key = host_key
         if self.metrics:
             self.metrics.routes_sync.observe(time.monotonic() - t0)
         self.last_error = ""

@@ -49,7 +49,8 @@ class Speaker:
     def __init__(self, g: GobgpApi, target: str) -> None:
         self.g = g
         self.target = target
-        self.channel = grpc.insecure_channel(target)
+        # the WatchEvent init dump is the whole table in one message: allow large ones
+        self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 1 << 30)])
         self.stub = g.grpc.GobgpApiStub(self.channel)
 
     def close(self) -> None:
@@ -184,19 +185,23 @@ class Speaker:
         neighbor = p.neighbor_ip if p.neighbor_ip not in ("", "<nil>") else ""
         return LearnedPath(f"{n.prefix}/{n.prefix_len}", nh, neighbor, p.is_withdraw, fam)
 
-    def watch_best(self) -> Iterator[list[LearnedPath]]:
-        """Best-path events, starting with the current table (``init``). Ends with grpc.RpcError."""
+    def watch_best(self) -> Iterator[tuple[bool, list[LearnedPath]]]:
+        """(is the init dump, paths) per message of the best-path stream. The first message is the whole
+        current table (gobgpd sends the ``init`` dump as one message), later ones are changes. Ends with
+        grpc.RpcError."""
         api = self.g.api
         flt = api.WatchEventRequest.Table.Filter
         req = api.WatchEventRequest(table=api.WatchEventRequest.Table(filters=[flt(type=flt.BEST, init=True)]))
+        first = True
         for ev in self.stub.WatchEvent(req):
             out = []
             for p in ev.table.paths:
                 lp = self.decode_path(p)
                 if lp is not None:
                     out.append(lp)
-            if out:
-                yield out
+            if out or first:
+                yield first, out
+            first = False
 
     def list_global(self, fam: int = 4) -> list[LearnedPath]:
         api = self.g.api

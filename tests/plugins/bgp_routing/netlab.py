@@ -171,13 +171,17 @@ class NetLab:
             node.agent = None
 
     # ---------------------------------------------------------------------------- ext / BIRD
-    def start_bird(self, neighbors: list[LabNode], *, exports: list[str] | None = None, extra: str = "") -> None:
+    def start_bird(self, neighbors: list[LabNode], *, exports: list[str] | None = None, extra: str = "",
+                   exports_disabled: bool = False) -> None:
+        """BIRD in ``ext`` peering with ``neighbors``; ``exports`` are announced by a static protocol named
+        ``announced`` (``birdc enable/disable announced`` switches them)."""
         self._ns(self.ext)
         self._attach(self.ext, f"{EXT_IP}/24", "pext")
         static = ""
         if exports:
             routes = "\n".join(f"  route {p} via {EXT_IP};" for p in exports)
-            static = f"protocol static announced {{ ipv4; \n{routes}\n}}\n"
+            static = (f"protocol static announced {{ ipv4; {'disabled; ' if exports_disabled else ''}\n"
+                      f"{routes}\n}}\n")
         export_filter = 'where proto = "announced"' if exports else "none"
         peers = "".join(f"protocol bgp {n.name.replace('-', '_')} from k8snode {{ neighbor {n.ip} as 64512; }}\n"
                         for n in neighbors)

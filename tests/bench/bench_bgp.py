@@ -1,0 +1,165 @@
+"""BGP routing benchmark (bgp_routing plugin, real gobgpd and BIRD in network namespaces).
+
+1. BIRD in ``ext`` announces 1,000 and 5,000 prefixes to a node: time from ``birdc enable`` until all are in
+   the node's kernel (and from ``birdc disable`` until all are gone), against ``ip -batch`` of the same routes
+   in the same namespace in the same run. Goal (issue 8): <= 2x. ``in gobgpd RIB s`` is when gobgpd itself
+   held them all (``gobgp global rib summary``, polled): the floor the plugin cannot go below.
+2. New node's pod CIDR to every other node's kernel once sessions are up: one real join (from the new node's
+   sessions being established to its CIDR in both other kernels) plus repeated pod CIDR changes of that node
+   (``kube-router.io/pod-cidr``: event -> gobgpd -> peers -> their kernels). Goal: p99 <= 1 s.
+
+Run: ``python -m tests.bench bgp`` (root; gobgpd, bird2, iproute2). ``--n`` sets the largest prefix count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import threading
+import time
+from typing import Any
+
+from kr_core.net import netns
+from tests.plugins.bgp_routing.conftest import need_bgp_tools
+from tests.plugins.bgp_routing.netlab import EXT_IP, LabNode, NetLab, wait_for
+
+
+def _count(node: LabNode) -> int:
+    out = subprocess.run(["ip", "-n", node.ns, "route", "show", "proto", "17", "table", "main"],
+                         capture_output=True, text=True).stdout
+    return out.count("\n")
+
+
+def _wait_count(node: LabNode, want: int, timeout: float) -> float:
+    t0 = time.perf_counter()
+    wait_for(lambda: _count(node) == want, timeout, f"{want} routes in {node.name}", interval=0.01)
+    return time.perf_counter() - t0
+
+
+def _prefixes(n: int) -> list[str]:
+    return [f"{100 + i // 65536}.{(i // 256) % 256}.{i % 256}.0/24" for i in range(n)]
+
+
+def _poll_rib(target: str, n: int, out: dict[str, float]) -> None:
+    """Record when gobgpd's global RIB holds the ``n`` announced prefixes (+ the node's own pod CIDR)."""
+    deadline = time.perf_counter() + 60
+    while time.perf_counter() < deadline:
+        r = subprocess.run(["gobgp", "--target", target, "global", "rib", "summary"], capture_output=True, text=True)
+        m = re.search(r"Destination: (\d+)", r.stdout)
+        if m and int(m.group(1)) >= n + 1:
+            out["t"] = time.perf_counter()
+            return
+        time.sleep(0.01)
+
+
+def _ip_batch(node: LabNode, prefixes: list[str], op: str) -> float:
+    if op == "replace":
+        text = "".join(f"route replace {p} via {EXT_IP} proto 17\n" for p in prefixes)
+    else:
+        text = "".join(f"route del {p} proto 17\n" for p in prefixes)
+    t0 = time.perf_counter()
+    netns.run(node.ns, ["ip", "-batch", "-"], input=text)
+    return time.perf_counter() - t0
+
+
+def bird_bulk(n: int) -> dict[str, Any]:
+    lab = NetLab(1)
+    try:
+        node = lab.nodes[0]
+        prefixes = _prefixes(n)
+        lab.start_bird([node], exports=prefixes, exports_disabled=True)
+        node.annotations = {"kube-router.io/peers": f"- remoteip: {EXT_IP}\n  remoteasn: 64600\n"}
+        lab.start_agent(node)
+        lab.wait_established(node, [EXT_IP], timeout=30)
+        rib: dict[str, float] = {}
+        poller = threading.Thread(target=_poll_rib, args=(node.plugin().daemon.target, n, rib), daemon=True)
+        t0 = time.perf_counter()
+        poller.start()
+        lab.birdc("enable", "announced")
+        wait_for(lambda: _count(node) == n, 120, f"{n} routes in the kernel", interval=0.01)
+        add_s = time.perf_counter() - t0
+        poller.join(10)
+        rib_s = rib.get("t", t0) - t0
+        t0 = time.perf_counter()
+        lab.birdc("disable", "announced")
+        wait_for(lambda: _count(node) == 0, 120, "routes withdrawn", interval=0.01)
+        del_s = time.perf_counter() - t0
+        lab.stop_agent(node)
+        batch_add = _ip_batch(node, prefixes, "replace")
+        batch_del = _ip_batch(node, prefixes, "del")
+        return {"prefixes": n, "bgp add s": round(add_s, 3), "in gobgpd RIB s": round(rib_s, 3),
+                "ip -batch add s": round(batch_add, 3),
+                "add ratio": round(add_s / batch_add, 1), "bgp withdraw s": round(del_s, 3),
+                "ip -batch del s": round(batch_del, 3), "withdraw ratio": round(del_s / batch_del, 1)}
+    finally:
+        lab.close()
+
+
+def new_node(changes: int) -> dict[str, Any]:
+    lab = NetLab(2)
+    try:
+        for n in lab.nodes:
+            lab.start_agent(n)
+        lab.wait_established(lab.nodes[0], [lab.nodes[1].ip])
+        new = lab.add_node_ns(3)
+        for n in lab.nodes[:2]:  # the API tells the running nodes about node-3
+            assert n.feed is not None
+            n.feed.add(new.node())
+        lab.start_agent(new)
+        others = lab.nodes[:2]
+        lab.wait_established(new, [o.ip for o in others], timeout=30)
+        t0 = time.perf_counter()
+        wait_for(lambda: all(new.pod_cidr.split("/")[0] in o.routes() for o in others), 10, "join", interval=0.005)
+        join_s = time.perf_counter() - t0
+        samples = []
+        for i in range(changes):
+            cidr = f"10.250.{i}.0/24"
+            new.annotations = {"kube-router.io/pod-cidr": cidr}
+            t0 = time.perf_counter()
+            for n in lab.nodes:
+                assert n.feed is not None
+                n.feed.update(new.node())
+            wait_for(lambda c=cidr: all(c.split("/")[0] in o.routes() for o in others), 10, cidr, interval=0.002)
+            samples.append(time.perf_counter() - t0)
+        samples.sort()
+        p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+        return {"join_after_established_s": round(join_s, 3), "changes": changes,
+                "p50_s": round(statistics.median(samples), 3), "p99_s": round(p99, 3), "max_s": round(samples[-1], 3)}
+    finally:
+        lab.close()
+
+
+def run(args: argparse.Namespace | None = None) -> dict[str, Any]:
+    need = getattr(args, "n", None) or 5000
+    import pytest
+
+    try:
+        need_bgp_tools()
+    except pytest.skip.Exception as e:
+        raise RuntimeError(f"bench_bgp needs root and gobgpd/bird: {e}") from None
+    rows = [bird_bulk(k) for k in sorted({min(1000, need), need})]
+    nn = new_node(30)
+    worst = max(r["add ratio"] for r in rows)
+    return {
+        "name": "bgp",
+        "rows": rows,
+        **{f"new node {k}": v for k, v in nn.items()},
+        "goals": {
+            "BIRD -> kernel <= 2x ip -batch": {"measured": worst, "met": worst <= 2.0},
+            "new node pod CIDR p99 <= 1 s": {"measured": nn["p99_s"], "met": nn["p99_s"] <= 1.0},
+        },
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=5000)
+    from tests.bench.report import print_result
+
+    print_result(run(ap.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
