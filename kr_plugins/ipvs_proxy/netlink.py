@@ -100,8 +100,8 @@ class NetlinkSocket:
             yield typ, fl, seq, mv[off + 16: off + ln]
             off += (ln + 3) & ~3
 
-    def send_all(self, build: Callable[[int, bool], bytes], count: int) -> dict[int, int]:
-        """Send ``count`` requests, rendered by ``build(seq, ack)``, in batches of up to 1,000 messages /
+    def send_all(self, build: Callable[[int, int, bool], bytes], count: int) -> dict[int, int]:
+        """Send ``count`` requests, rendered by ``build(index, seq, ack)``, in batches of up to 1,000 messages /
         1 MiB with an ack requested only on each batch's last message. Returns ``{index: errno}`` for the
         requests the kernel refused (indexes into 0..count-1)."""
         errors: dict[int, int] = {}
@@ -112,12 +112,12 @@ class NetlinkSocket:
             size = 0
             j = i
             while j < count and j - i < BATCH_MAX and size < BATCH_BYTES:
-                msg = build(base + (j - i), False)
+                msg = build(j, base + (j - i), False)
                 parts.append(msg)
                 size += len(msg)
                 j += 1
             last = len(parts) - 1
-            parts[last] = build(base + last, True)
+            parts[last] = build(i + last, base + last, True)
             self.sock.send(b"".join(parts))
             self.sent_messages += len(parts)
             self.sent_batches += 1

@@ -1,14 +1,87 @@
-"""The ipvs_proxy plugin (kube-router's IPVS service proxy).
+"""The ipvs_proxy plugin: kube-router's IPVS service proxy (role service-proxy).
 
-A registered skeleton: it declares its role and what it watches, and does nothing yet. Its own issue fills
-it in.
+How it works (see ``model.py`` for what is built, ``sync.py`` for the diff):
+
+* **Committed state in memory.** ``self.committed`` holds the virtual servers kr owns as they are in the
+  kernel (parameters and destinations); the VIPs on ``kube-dummy-if``, the set members and the chains are
+  kept the same way. Desired state is computed from the caches; only the difference is sent.
+* **Ownership.** kr owns only the virtual servers it created: their keys are recorded in
+  ``<state_dir>/owned-vservers.json`` (rewritten when the set of keys changes). Virtual servers of anyone
+  else are left alone, unless a Service of ours wants exactly that key (then it is adopted).
+* **Start: adopt, never flush.** ``start`` dumps IPVS (raw netlink, 1 + N dumps), the dummy addresses and
+  the ipsets; the initial sync then applies only the difference, so established connections survive an
+  agent restart.
+* **Events.** ``on_service`` / ``on_endpoints`` rebuild one Service's model and apply the difference of
+  that Service's virtual servers only (an endpoint change is one netlink batch of the destination
+  operations it needs). Node changes and anything global request a full sync.
+* **Full sync** (initial, periodic ``--ipvs-sync-period``, requested): rebuild all models, diff everything,
+  garbage-collect kr-owned servers nobody wants (except VIPs in ``--excluded-cidrs``), repair drift
+  (a service dump: a virtual server deleted or changed by hand is re-created/corrected; chain rule counts
+  and set members are checked), and rewrite what differs.
 """
 
 from __future__ import annotations
 
-from kr_core import PluginInfo, Resource, Role
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import subprocess
+import threading
+import time
+from collections import Counter
+from typing import Any, Literal
 
-__version__ = "0.1.0"
+from pydantic import BaseModel, ConfigDict
+
+from kr_core import Event, HealthReport, PluginConfigError, PluginContext, PluginInfo, Resource, Role, hookimpl
+
+from . import rules as R
+from .firewall import Firewall
+from .healthcheck import HealthServers
+from .host import BINDON_EXCLUDE, DUMMY, Host
+from .ipvs import DEL_DEST, DEL_SVC, Ipvs, IpvsError, Op
+from .metrics import ProxyMetrics
+from .model import (
+    LABEL_ZONE,
+    SCHEDULERS,
+    Desired,
+    NodeInfo,
+    Options,
+    ServiceModel,
+    VirtualServer,
+    VKey,
+    build_service,
+    canonical_ip,
+    ip_family,
+)
+from .sync import Committed, commit, commit_bulk_adds, plan
+
+__version__ = "0.2.0"
+
+log = logging.getLogger("kr.ipvs_proxy")
+
+OWNED_FILE = "owned-vservers.json"
+SCHED_MODULES = tuple(f"ip_vs_{s}" for s in SCHEDULERS)
+
+
+class Config(BaseModel):
+    """The ``ipvs_proxy:`` section of the kr config file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: iptables backend: detected per family (kube-proxy's iptables-wrapper rules), or forced
+    iptables_mode: Literal["auto", "legacy", "nft"] = "auto"
+    #: address the NodePort health-check servers listen on ("" = all)
+    healthcheck_address: str = ""
+    #: how often the graceful-termination queue is checked, seconds
+    graceful_check_interval: float = 5.0
+
+
+def _modprobe(*mods: str) -> None:
+    for m in mods:
+        subprocess.run(["modprobe", m], capture_output=True, check=False, timeout=30)
 
 
 class Plugin:
@@ -17,6 +90,543 @@ class Plugin:
         role=Role.SERVICE_PROXY,
         version=__version__,
         resources=frozenset({Resource.SERVICE, Resource.ENDPOINTSLICE, Resource.POD, Resource.NODE}),
+        config_model=Config,
         description="kube-router's IPVS service proxy",
-        implemented=False,
     )
+
+    def __init__(self) -> None:
+        self.ctx: PluginContext | None = None
+        self.cfg = Config()
+        self.opts = Options()
+        self.excluded: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self.node = NodeInfo(name="")
+        self.models: dict[str, ServiceModel] = {}
+        self.owner: dict[VKey, str] = {}  # which Service's virtual server is authoritative for a key
+        self.wanted_by: dict[VKey, set[str]] = {}
+        self.committed: Committed = {}
+        self.foreign: dict[VKey, Any] = {}  # in the kernel, not ours (adopted only when a Service wants it)
+        self.dirty: set[VKey] = set()  # failed applies: re-read from the kernel before the next diff
+        self.owned_written: frozenset[VKey] | None = None
+        self.vips: set[tuple[int, str]] = set()  # committed addresses on kube-dummy-if
+        self.vip_refs: Counter[tuple[int, str]] = Counter()
+        self.set_refs: dict[str, Counter[str]] = {}
+        self.graceful: dict[tuple[VKey, tuple[str, int]], float] = {}
+        self.ipvs: Ipvs | None = None
+        self.host: Host | None = None
+        self.fw: Firewall | None = None
+        self.hc: HealthServers | None = None
+        self.metrics: ProxyMetrics | None = None
+        self.dummy_idx: int | None = None
+        self.last_error = ""
+        self.started = False
+        self.timer: threading.Thread | None = None
+        self.stopping = threading.Event()
+        self.counters: Counter[str] = Counter({"netlink_messages": 0, "netlink_batches": 0})
+
+    # ================================================================================ lifecycle
+    @hookimpl
+    def configure(self, ctx: PluginContext) -> None:
+        self.ctx = ctx
+        self.cfg = ctx.config if isinstance(ctx.config, Config) else Config()
+        try:
+            self.opts = Options.from_settings(ctx.settings)
+            self.excluded = [ipaddress.ip_network(c, strict=False) for c in ctx.settings["excluded-cidrs"]]
+        except (ValueError, KeyError) as exc:
+            raise PluginConfigError(str(exc)) from exc
+        self.metrics = ProxyMetrics(ctx.metrics)
+
+    def _settings(self, name: str) -> Any:
+        assert self.ctx is not None
+        return self.ctx.settings[name]
+
+    @hookimpl
+    def start(self, ctx: PluginContext) -> None:
+        try:
+            self.ipvs = Ipvs()
+        except IpvsError:
+            _modprobe("ip_vs")
+            self.ipvs = Ipvs()
+        _modprobe(*SCHED_MODULES)
+        self.host = Host()
+        self.dummy_idx = self.host.ensure_dummy()
+        self.host.set_sysctls()
+        t = [int(self._settings(f)) for f in ("service-tcp-timeout", "service-tcpfin-timeout", "service-udp-timeout")]
+        self.ipvs.set_timeouts(*t)
+        self.fw = Firewall(self.opts.families, self.cfg.iptables_mode)
+        self.hc = HealthServers(self.cfg.healthcheck_address)
+        t0 = time.perf_counter()
+        self._adopt()
+        log.info("adopted %d virtual servers (%d owned by kr, %d foreign), %d VIPs, iptables %s in %.2fs",
+                 len(self.committed) + len(self.foreign), len(self.committed), len(self.foreign), len(self.vips),
+                 self.fw.modes, time.perf_counter() - t0)
+        self.started = True
+        self.timer = threading.Thread(target=self._graceful_timer, name="ipvs-graceful", daemon=True)
+        self.timer.start()
+
+    def _adopt(self) -> None:
+        """Read what a previous run left (no flush): IPVS, dummy addresses, sets."""
+        assert self.ipvs and self.host and self.fw
+        owned = self._read_owned()
+        kernel = self.ipvs.dump()
+        for k, (params, dests) in kernel.items():
+            if k in owned:
+                self.committed[k] = (params, dests)
+            else:
+                self.foreign[k] = (params, dests)
+        self.owned_written = frozenset(self.committed)
+        self.vips = self.host.dummy_addresses()
+        self.fw.read_sets()
+
+    def _owned_path(self) -> str:
+        assert self.ctx is not None
+        return os.path.join(self.ctx.state_dir, OWNED_FILE)
+
+    def _read_owned(self) -> set[VKey]:
+        try:
+            with open(self._owned_path()) as f:
+                return {VKey(*x) for x in json.load(f)}
+        except FileNotFoundError:
+            return set()
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("%s unreadable (%s): treating no virtual server as kr's", self._owned_path(), exc)
+            return set()
+
+    def _write_owned(self) -> None:
+        keys = frozenset(self.committed)
+        if keys == self.owned_written:
+            return
+        path = self._owned_path()
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(sorted(list(k) for k in keys), f, separators=(",", ":"))
+        os.replace(tmp, path)
+        self.owned_written = keys
+
+    @hookimpl
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.hc:
+            self.hc.stop()
+        if self.ipvs:
+            self.ipvs.close()
+        if self.host:
+            self.host.close()
+
+    @hookimpl
+    def cleanup(self) -> None:
+        """Remove kr's virtual servers (recorded ones and those on kube-dummy-if VIPs), the dummy link,
+        the chains, jumps and sets."""
+        assert self.ctx is not None
+        host = Host()
+        vips = {a for _, a in host.dummy_addresses()}
+        owned = self._read_owned()
+        try:
+            ipvs = Ipvs()
+        except IpvsError:
+            ipvs = None
+        if ipvs is not None:
+            ops: list[Op] = [(DEL_SVC, ks.key, None) for ks in ipvs.services() if ks.key in owned or ks.key.addr in vips]
+            res = ipvs.apply(ops)
+            log.info("cleanup: %d virtual servers removed", len(ops) - len(res.failed or []))
+            ipvs.close()
+        host.delete_dummy()
+        host.close()
+        for mode in ("legacy", "nft"):
+            try:
+                Firewall(self.opts.families, mode).cleanup()
+            except Exception as exc:  # one backend may be missing entirely
+                log.debug("cleanup (%s): %s", mode, exc)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._owned_path())
+
+    @hookimpl
+    def health(self) -> HealthReport | None:
+        if self.last_error:
+            return HealthReport(False, self.last_error)
+        return None
+
+    # ================================================================================ node
+    def _node_info(self) -> NodeInfo:
+        assert self.ctx is not None and self.host is not None
+        name = self.ctx.node_name
+        node = self.ctx.caches.nodes.get(name)
+        local = self.host.local_addresses()
+        ips: dict[int, str] = {}
+        pod_cidrs: tuple[str, ...] = ()
+        zone = ""
+        if node is not None:
+            for t in ("InternalIP", "ExternalIP"):
+                for a in node.addresses_of(t):
+                    f = ip_family(a)
+                    if f and f not in ips:
+                        ips[f] = canonical_ip(a)
+            pod_cidrs = node.pod_cidrs
+            zone = node.meta.labels.get(LABEL_ZONE, "")
+        for iface, a in local:  # no Node object (yet): the first address of each family not on our links
+            f = ip_family(a)
+            if f and f not in ips and iface != DUMMY and not iface.startswith("kube-"):
+                ips[f] = a
+        bindon = tuple(sorted({a for iface, a in local if not any(x in iface for x in BINDON_EXCLUDE)}))
+        return NodeInfo(name=name, ips=ips, local_ips=bindon if self.opts.nodeport_bindon_all_ip else
+                        tuple(sorted(set(ips.values()))), pod_cidrs=pod_cidrs, zone=zone)
+
+    def _local_ips(self) -> dict[int, set[str]]:
+        assert self.host is not None
+        out: dict[int, set[str]] = {4: set(), 6: set()}
+        for iface, a in self.host.local_addresses():
+            f = ip_family(a)
+            if f and iface != DUMMY:
+                out[f].add(a)
+        return out
+
+    # ================================================================================ models
+    def _build(self, key: str) -> ServiceModel:
+        assert self.ctx is not None
+        svc = self.ctx.caches.services.get(key)
+        if svc is None:
+            return ServiceModel(key=key, skipped="deleted")
+        try:
+            m = build_service(svc, self.ctx.caches.endpoints_for(key), self.node, self.opts)
+        except Exception as exc:  # a bug or an input nobody foresaw: this Service only
+            log.exception("Service %s: model failed: %s; not served", key, exc)
+            self._problem("model-error")
+            return ServiceModel(key=key, skipped=f"model error: {exc}")
+        for p in m.problems:
+            log.warning("Service %s: %s", key, p)
+            self._problem(p.split(" ", 1)[0])
+        return m
+
+    def _problem(self, kind: str) -> None:
+        if self.metrics:
+            self.metrics.problems.labels(kind=kind[:40]).inc()
+
+    # ================================================================================ sync
+    @hookimpl
+    def sync(self, reason: str) -> None:
+        if not self.started:
+            return
+        if reason == "graceful":
+            self._process_graceful()
+            return
+        t0 = time.perf_counter()
+        try:
+            self._full_sync(reason)
+            self.last_error = ""
+        except Exception as exc:
+            self.last_error = f"sync failed: {exc}"
+            raise
+        finally:
+            if self.metrics:
+                self.metrics.sync_time.observe(time.perf_counter() - t0)
+
+    def _full_sync(self, reason: str) -> None:
+        assert self.ctx is not None and self.ipvs and self.fw
+        self.node = self._node_info()
+        keys = set(self.ctx.caches.services.keys()) | set(self.models)
+        self.models = {}
+        for key in keys:
+            m = self._build(key)
+            if m.vservers or m.vips or not m.skipped:
+                self.models[key] = m
+        desired = Desired.build(self.models.values())
+        for c in desired.conflicts:
+            log.warning("conflict: %s", c)
+        self.owner = {k: vs.service for k, vs in desired.vservers.items()}
+        self.wanted_by = {}
+        for m in self.models.values():
+            for k in m.vservers:
+                self.wanted_by.setdefault(k, set()).add(m.key)
+        if reason == "periodic" or self.dirty:
+            self._repair_drift(periodic=reason == "periodic")
+        for k in list(self.foreign):
+            if k in desired.vservers:  # a Service wants exactly this one: adopt it
+                self.committed[k] = self.foreign.pop(k)
+        p = plan(self.committed, desired.vservers, graceful=bool(self._settings("ipvs-graceful-termination")),
+                 excluded_cidrs=self.excluded)
+        self._apply(p.ops, desired.vservers, bulk=True)
+        self._drain(p.drain)
+        self._sync_vips({v for m in self.models.values() for v in m.vips})
+        self.vip_refs = Counter(v for m in self.models.values() for v in m.vips)
+        self._sync_firewall(desired, full=True, periodic=reason == "periodic")
+        assert self.hc is not None
+        self.hc.sync(desired.healthchecks())
+        self._after_apply()
+        log.info("sync (%s): %d Services, %d virtual servers, %d destinations; %d IPVS ops sent%s",
+                 reason, len(self.models), len(self.committed), sum(len(d) for _, d in self.committed.values()),
+                 len(p.ops), f", {len(p.kept)} kept (--excluded-cidrs)" if p.kept else "")
+
+    def _repair_drift(self, periodic: bool) -> None:
+        """Compare the kernel's virtual servers (one dump, no destinations) with the committed ones; forget
+        what differs so the diff re-creates it. Servers that failed to apply are re-read whole."""
+        assert self.ipvs is not None
+        kernel = {ks.key: ks.params for ks in self.ipvs.services()}
+        if periodic:
+            for k, (params, dests) in list(self.committed.items()):
+                if k not in kernel:
+                    log.warning("virtual server %s (Service %s) vanished from the kernel: re-creating", k,
+                                self.owner.get(k, "?"))
+                    del self.committed[k]
+                elif kernel[k] != params:
+                    log.warning("virtual server %s changed behind kr's back (%s): correcting", k, kernel[k])
+                    self.committed[k] = (kernel[k], dests)
+        for k in list(self.dirty):
+            self.committed.pop(k, None)
+            if k in kernel:
+                self.committed[k] = (kernel[k], {d: (v[0], v[1]) for d, v in self.ipvs.dests(k).items()})
+        self.dirty.clear()
+
+    def _apply(self, ops: list[Op], desired: dict[VKey, VirtualServer], bulk: bool = False) -> None:
+        assert self.ipvs is not None
+        if not ops:
+            return
+        res = self.ipvs.apply(ops)
+        failed_keys = {op[1] for op, _e in res.failed or []}
+        for op, e in (res.failed or [])[:20]:
+            log.error("IPVS %s %s (Service %s) failed: %s", op[0], op[1], self.owner.get(op[1], "?"),
+                      os.strerror(e))
+        ok = [o for o in ops if o[1] not in failed_keys] if failed_keys else ops
+        if bulk:
+            commit_bulk_adds(self.committed, desired, ok)
+        else:
+            commit(self.committed, ok)
+        if failed_keys:
+            self.dirty |= failed_keys
+            if self.metrics:
+                self.metrics.apply_failures.inc(len(res.failed or []))
+            self.last_error = f"{len(res.failed or [])} IPVS operations failed (first: {os.strerror((res.failed or [])[0][1])})"
+        if self.metrics:
+            self.metrics.netlink_messages.inc(res.sent)
+        self.counters["netlink_messages"] += res.sent
+        self.counters["netlink_batches"] += res.batches
+
+    def _after_apply(self) -> None:
+        self._write_owned()
+        if self.metrics:
+            self.metrics.services.set(len(self.committed))
+            self.metrics.owners({k: tuple(s.split("/", 1)) for k, s in self.owner.items()})  # type: ignore[misc]
+
+    # ---------------------------------------------------------------------------------- VIPs and routes
+    def _sync_vips(self, want: set[tuple[int, str]]) -> None:
+        assert self.host is not None
+        if self.dummy_idx is None or self.host.dummy_index() != self.dummy_idx:
+            self.dummy_idx = self.host.ensure_dummy()
+            self.vips = self.host.dummy_addresses()
+        add = sorted(want - self.vips)
+        delete = sorted(self.vips - want)
+        if not add and not delete:
+            return
+        errs = self.host.apply_addresses(add, delete, self.dummy_idx)
+        for op, (_f, a), e in errs[:20]:
+            log.error("VIP %s on %s: %s failed: %s", a, DUMMY, op, os.strerror(e))
+        bad = {x for _, x, _ in errs}
+        self.vips = (self.vips - set(delete)) | (set(add) - bad)
+        routes = self.host.vip_routes([x for x in add if x not in bad], self.node.ips, self.dummy_idx)
+        gone = self.host.vip_routes(delete, self.node.ips, self.dummy_idx)
+        if routes or gone:
+            self.host.apply_routes(routes, gone)
+        log.info("%s: %d VIPs added, %d removed", DUMMY, len(add), len(delete))
+
+    # ---------------------------------------------------------------------------------- firewall
+    def _set_entries(self, desired_models: list[ServiceModel]) -> dict[str, Counter[str]]:
+        out: dict[str, Counter[str]] = {}
+        for m in desired_models:
+            self._add_set_refs(out, m, 1)
+        return out
+
+    @staticmethod
+    def _add_set_refs(refs: dict[str, Counter[str]], m: ServiceModel, sign: int) -> None:
+        for f, a in m.svip():
+            refs.setdefault(R.kernel_set(R.SET_SVIP, f), Counter())[a] += sign
+        for f, e in m.svip_prt():
+            refs.setdefault(R.kernel_set(R.SET_SVIP_PRT, f), Counter())[e] += sign
+
+    def _chains(self) -> tuple[dict[tuple[int, str, str], list[list[str]]], list[tuple[int, str, str]]]:
+        desired = Desired.build(self.models.values())
+        want: dict[tuple[int, str, str], list[list[str]]] = {}
+        remove: list[tuple[int, str, str]] = []
+        for f in self.opts.families:
+            want[(f, "filter", R.CHAIN_SERVICES)] = R.firewall_rules(f, desired.source_ranges(f), self.opts.permit_all)
+            want[(f, "nat", R.CHAIN_SNAT)] = R.snat_rules(f, self.node.ips.get(f, ""), self.node.pod_cidrs,
+                                                            self.opts.masquerade_all)
+            hp = R.hairpin_rules(f, desired.hairpin(f))
+            if hp:
+                want[(f, "nat", R.CHAIN_HAIRPIN)] = hp
+            else:
+                remove.append((f, "nat", R.CHAIN_HAIRPIN))
+        return want, remove
+
+    def _sync_firewall(self, desired: Desired, full: bool, periodic: bool = False) -> None:
+        assert self.fw is not None
+        if periodic:
+            self.fw.read_sets()
+            self.fw.check_drift()
+        self.set_refs = self._set_entries(list(self.models.values()))
+        local = self._local_ips()
+        sets = []
+        for f in self.opts.families:
+            sets += R.ipsets(f, (a for a, n in self.set_refs.get(R.kernel_set(R.SET_SVIP, f), {}).items() if n > 0),
+                             (e for e, n in self.set_refs.get(R.kernel_set(R.SET_SVIP_PRT, f), {}).items() if n > 0),
+                             local[f])
+        self.fw.sync_sets(sets)
+        self._apply_chains()
+
+    def _apply_chains(self) -> None:
+        """Chains first (created or rewritten), then the jumps into them, then deletion of chains no
+        longer wanted (their jumps are gone by then)."""
+        assert self.fw is not None
+        want, remove = self._chains()
+        self.fw.sync_chains(want)
+        for f in self.opts.families:
+            self.fw.ensure_input_jump(f)
+            self.fw.ensure_postrouting(f, hairpin=(f, "nat", R.CHAIN_HAIRPIN) in want)
+        if remove:
+            self.fw.sync_chains({}, remove)
+
+    # ================================================================================ events
+    @hookimpl
+    def on_service(self, event: Event) -> None:
+        self._service_changed(event.obj.key)
+
+    @hookimpl
+    def on_endpoints(self, event: Event) -> None:
+        keys = {s.service_key for s in (event.new, event.old) if s is not None and s.service_key}
+        for key in keys:
+            self._service_changed(key)
+
+    @hookimpl
+    def on_node(self, event: Event) -> None:
+        assert self.ctx is not None
+        if event.obj.name == self.ctx.node_name and self.started:
+            self.ctx.request_sync(f"node {event.obj.name} changed")
+
+    @hookimpl
+    def on_pod(self, event: Event) -> None:
+        """Pods matter only through EndpointSlices (and hostNetwork for DSR, not implemented): nothing."""
+
+    def _service_changed(self, key: str) -> None:
+        if not self.started:
+            return
+        assert self.fw is not None and self.hc is not None
+        old = self.models.get(key) or ServiceModel(key=key)
+        new = self._build(key)
+        if new.vservers or new.vips or not new.skipped:
+            self.models[key] = new
+        else:
+            self.models.pop(key, None)
+        affected = set(old.vservers) | set(new.vservers)
+        for k in old.vservers:
+            s = self.wanted_by.get(k)
+            if s:
+                s.discard(key)
+        for k in new.vservers:
+            self.wanted_by.setdefault(k, set()).add(key)
+        desired: dict[VKey, VirtualServer] = {}
+        for k in affected:
+            owners = self.wanted_by.get(k)
+            if not owners:
+                self.wanted_by.pop(k, None)
+                self.owner.pop(k, None)
+                continue
+            o = self.owner.get(k)
+            if o not in owners:
+                o = min(owners)
+                self.owner[k] = o
+            desired[k] = self.models[o].vservers[k]
+            if k in self.foreign:
+                self.committed[k] = self.foreign.pop(k)
+        p = plan(self.committed, desired, keys=sorted(affected), graceful=bool(self._settings("ipvs-graceful-termination")),
+                 excluded_cidrs=self.excluded)
+        self._apply(p.ops, desired)
+        self._drain(p.drain)
+        # VIPs
+        self.vip_refs.update(new.vips)
+        self.vip_refs.subtract(old.vips)
+        if new.vips != old.vips:
+            self._sync_vips({v for v, n in self.vip_refs.items() if n > 0})
+            self.vip_refs = +self.vip_refs
+        # sets: member deltas
+        if old.svip() != new.svip() or old.svip_prt() != new.svip_prt():
+            before = {n: {e for e, c in cnt.items() if c > 0} for n, cnt in self.set_refs.items()}
+            self._add_set_refs(self.set_refs, old, -1)
+            self._add_set_refs(self.set_refs, new, 1)
+            after = {n: {e for e, c in cnt.items() if c > 0} for n, cnt in self.set_refs.items()}
+            add = [(n, e) for n, es in after.items() for e in es - before.get(n, set())]
+            delete = [(n, e) for n, es in before.items() for e in es - after.get(n, set())]
+            self.fw.update_members(add, delete)
+        if old.hairpin != new.hairpin or old.source_ranges != new.source_ranges:
+            self._apply_chains()
+        if old.healthcheck != new.healthcheck:
+            self.hc.sync(Desired.build(self.models.values()).healthchecks())
+        if p.ops or new.vips != old.vips:
+            log.info("Service %s: %s", key, _describe(p.ops) or "VIPs updated")
+        self._after_apply()
+
+    # ================================================================================ graceful termination
+    def _drain(self, drain: list[tuple[VKey, tuple[str, int]]]) -> None:
+        if not drain:
+            return
+        period = float(self._settings("ipvs-graceful-period"))
+        now = time.monotonic()
+        for item in drain:
+            self.graceful.setdefault(item, now + period)
+
+    def _graceful_timer(self) -> None:
+        while not self.stopping.wait(self.cfg.graceful_check_interval):
+            if self.graceful and self.ctx is not None:
+                self.ctx.request_sync("graceful")
+
+    def _process_graceful(self) -> None:
+        """Delete draining destinations whose connections are gone or whose grace period is over."""
+        assert self.ipvs is not None
+        now = time.monotonic()
+        ops: list[Op] = []
+        by_svc: dict[VKey, list[tuple[tuple[str, int], float]]] = {}
+        for (k, d), deadline in list(self.graceful.items()):
+            cur = self.committed.get(k)
+            if cur is None or d not in cur[1] or cur[1][d][0] != 0:
+                del self.graceful[(k, d)]  # gone already, or wanted again
+                continue
+            by_svc.setdefault(k, []).append((d, deadline))
+        for k, items in by_svc.items():
+            try:
+                live = self.ipvs.dests(k, conns=True)
+            except OSError:
+                live = {}
+            for d, deadline in items:
+                v = live.get(d)
+                if v is None or v[2] + v[3] == 0 or now >= deadline:
+                    ops.append((DEL_DEST, k, d))
+                    del self.graceful[(k, d)]
+        if ops:
+            self._apply(ops, {})
+            log.info("graceful termination: %d destinations removed", len(ops))
+
+    # ================================================================================ state
+    @hookimpl
+    def state(self) -> dict[str, Any]:
+        items = []
+        for k, (params, dests) in sorted(self.committed.items(), key=lambda kv: (self.owner.get(kv[0], ""), kv[0])):
+            svc = self.owner.get(k, "")
+            m = self.models.get(svc)
+            vs = m.vservers.get(k) if m else None
+            items.append({
+                "service": svc or "(unowned)", "kind": vs.kind if vs else "", "vip": str(k),
+                "scheduler": params.sched, "flags": params.flags, "timeout": params.timeout,
+                "destinations": [f"{a}:{p}" if ":" not in a else f"[{a}]:{p}" for (a, p), (w, _f) in sorted(dests.items())
+                                 if w > 0],
+                "draining": sum(1 for w, _f in dests.values() if w == 0),
+            })
+        return {
+            "summary": {"services": len(self.models), "virtual_servers": len(self.committed),
+                        "destinations": sum(len(d) for _, d in self.committed.values()), "vips": len(self.vips),
+                        "foreign_virtual_servers": len(self.foreign), "draining": len(self.graceful),
+                        "iptables": self.fw.modes if self.fw else {}, **self.counters},
+            "items": items,
+        }
+
+
+def _describe(ops: list[Op]) -> str:
+    c = Counter(o[0] for o in ops)
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(c.items()))
+

@@ -1,0 +1,179 @@
+"""This node's side of the proxy: ``kube-dummy-if`` and its VIPs, local-table routes, local addresses,
+the sysctls kube-router sets.
+
+VIP addresses are added and removed in batches over one raw rtnetlink socket (one ``sendmsg`` per up to
+1,000 addresses, one ack per batch), because a cold sync at 10k Services adds 10k+ addresses and a
+pyroute2 call per address costs ~1 ms on a host (more in UML). Routes go through
+:func:`kr_core.net.links.apply_routes` (batched the same way). Links and address reads use pyroute2, made
+lazily in the thread that uses it (a pyroute2 ``IPRoute`` belongs to the thread that created it).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from kr_core.net import links, sysctl
+from kr_core.net.links import Route
+
+from .netlink import HDR, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkSocket, nla
+
+log = logging.getLogger("kr.ipvs_proxy.host")
+
+DUMMY = "kube-dummy-if"
+RTM_NEWADDR, RTM_DELADDR = 20, 21
+IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
+IFA_F_NODAD = 0x02
+RT_SCOPE_LINK, RT_SCOPE_HOST = 253, 254
+RTPROT_KERNEL = 2
+TABLE_LOCAL = 255
+BINDON_EXCLUDE = ("dummy", "kube", "docker")  # --nodeport-bindon-all-ip skips interfaces named like these
+AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+SYSCTLS = {
+    "net.ipv4.vs.conntrack": 1,
+    "net.ipv4.vs.expire_nodest_conn": 1,
+    "net.ipv4.vs.expire_quiescent_template": 1,
+    "net.ipv4.vs.conn_reuse_mode": 0,
+    "net.ipv4.conf.all.arp_ignore": 1,
+    "net.ipv4.conf.all.arp_announce": 2,
+}
+
+
+def encode_addr(op: str, family: int, addr: str, index: int, seq: int, ack: bool) -> bytes:
+    """RTM_NEWADDR (replace) / RTM_DELADDR of a host-length ``addr`` on link ``index`` (scope link)."""
+    raw = socket.inet_pton(AF[family], addr)
+    plen = 32 if family == 4 else 128
+    body = struct.pack("=BBBBI", AF[family], plen, IFA_F_NODAD if family == 6 else 0, RT_SCOPE_LINK, index)
+    body += nla(IFA_LOCAL, raw) + nla(IFA_ADDRESS, raw)
+    if family == 6:
+        body += nla(IFA_FLAGS, struct.pack("=I", IFA_F_NODAD))
+    if op == "add":
+        mtype, flags = RTM_NEWADDR, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE
+    else:
+        mtype, flags = RTM_DELADDR, NLM_F_REQUEST
+    return HDR.pack(16 + len(body), mtype, flags | (NLM_F_ACK if ack else 0), seq, 0) + body
+
+
+class Host:
+    """Link, address and route operations of one network namespace (the calling thread's)."""
+
+    def __init__(self) -> None:
+        self._ipr: Any = None
+        self._owner: int | None = None
+        self._nl: NetlinkSocket | None = None
+
+    @property
+    def ipr(self) -> Any:
+        if self._ipr is None or self._owner != threading.get_ident():
+            from pyroute2 import IPRoute
+
+            if self._ipr is not None:
+                self._ipr.close()
+            self._ipr, self._owner = IPRoute(), threading.get_ident()
+        return self._ipr
+
+    def close(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+        if self._nl is not None:
+            self._nl.close()
+            self._nl = None
+
+    # ---------------------------------------------------------------------------------- links
+    def ensure_dummy(self) -> int:
+        """Create ``kube-dummy-if`` if missing, bring it up; returns its index."""
+        idx = links.link_index(self.ipr, DUMMY)
+        if idx is None:
+            self.ipr.link("add", ifname=DUMMY, kind="dummy")
+            idx = links.link_index(self.ipr, DUMMY)
+            log.info("link %s created", DUMMY)
+        self.ipr.link("set", index=idx, state="up")
+        assert idx is not None
+        return idx
+
+    def dummy_index(self) -> int | None:
+        return links.link_index(self.ipr, DUMMY)
+
+    def delete_dummy(self) -> bool:
+        return links.delete_link(self.ipr, DUMMY)
+
+    def dummy_addresses(self) -> set[tuple[int, str]]:
+        """(family, address) of every address on ``kube-dummy-if``."""
+        idx = self.dummy_index()
+        if idx is None:
+            return set()
+        out = set()
+        for a in self.ipr.get_addr(index=idx):
+            fam = 4 if a["family"] == socket.AF_INET else 6
+            out.add((fam, a.get("IFA_ADDRESS")))
+        return out
+
+    def local_addresses(self) -> list[tuple[str, str]]:
+        """(interface name, address) of every address on this node except loopback."""
+        names = {link["index"]: link.get("IFLA_IFNAME") for link in self.ipr.get_links()}
+        out = []
+        for a in self.ipr.get_addr():
+            addr = a.get("IFA_ADDRESS")
+            name = names.get(a["index"], "")
+            if not addr or name == "lo" or addr.startswith("fe80:"):
+                continue
+            out.append((name, addr))
+        return out
+
+    # ---------------------------------------------------------------------------------- VIPs
+    def apply_addresses(self, add: Iterable[tuple[int, str]], delete: Iterable[tuple[int, str]], index: int,
+                        ) -> list[tuple[str, tuple[int, str], int]]:
+        """Add/remove VIPs on link ``index`` in batches; returns the failures (op, (family, addr), errno)
+        (deleting an absent address is not a failure)."""
+        ops = [("del", x) for x in delete] + [("add", x) for x in add]
+        if not ops:
+            return []
+        if self._nl is None:
+            self._nl = NetlinkSocket(socket.NETLINK_ROUTE)
+
+        def build(i: int, seq: int, ack: bool) -> bytes:
+            op, (fam, addr) = ops[i]
+            return encode_addr(op, fam, addr, index, seq, ack)
+
+        errs = self._nl.send_all(build, len(ops))
+        out = []
+        for i, e in sorted(errs.items()):
+            op, x = ops[i]
+            if op == "del" and e in (99, 19):  # EADDRNOTAVAIL / ENODEV: already gone
+                continue
+            out.append((op, x, e))
+        return out
+
+    def vip_routes(self, vips: Iterable[tuple[int, str]], node_ips: dict[int, str], index: int) -> list[Route]:
+        """kube-router's ``ip route replace local VIP dev kube-dummy-if table local proto kernel scope host
+        src <node IP>``, so host-originated traffic never picks a VIP as its source."""
+        out = []
+        for fam, addr in vips:
+            src = node_ips.get(fam)
+            if not src:
+                continue
+            out.append(Route(dst=f"{addr}/{32 if fam == 4 else 128}", oif=index, table=TABLE_LOCAL,
+                             proto=RTPROT_KERNEL, prefsrc=src, type="local", scope=RT_SCOPE_HOST))
+        return out
+
+    def apply_routes(self, replace: list[Route], delete: list[Route]) -> links.BatchResult:
+        return links.apply_routes(replace=replace, delete=delete)
+
+    # ---------------------------------------------------------------------------------- sysctls
+    def set_sysctls(self, interfaces: Iterable[str] = ()) -> None:
+        for name, value in SYSCTLS.items():
+            try:
+                sysctl.set(name, value)
+            except OSError as exc:
+                log.warning("sysctl %s: %s", name, exc)
+        for iface in ("all", DUMMY, *interfaces):
+            try:
+                sysctl.change_from(f"net/ipv4/conf/{iface}/rp_filter", 1, 2)
+            except OSError:
+                pass
