@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from kr_core.model import Namespace, NetworkPolicy, Pod
 
@@ -26,6 +27,7 @@ from .model import (
     NsView,
     SetContent,
     compile_policy,
+    could_match,
     ip_family,
     ns_view,
     static_sets,
@@ -83,6 +85,7 @@ class Desired:
         self.by_ns: dict[str, list[CompiledPolicy]] = {}  # policies whose sets a pod of that namespace may be in
         self.cross: list[CompiledPolicy] = []  # ... plus these, for a pod of any namespace
         self._cands: dict[str, list[NsView]] = {}  # namespace -> policies that may select its pods
+        self._sel_memo: dict[tuple[Any, Any], bool] = {}  # (selector, labels) -> matches, during build()
         self.pods: dict[str, Pod] = {}  # actionable pods by key
         self.pods_by_ns: dict[str, set[str]] = {}
 
@@ -113,13 +116,15 @@ class Desired:
             tmpl = memo.get(mkey)
             if tmpl is None:
                 probe = replace(pod, pod_ips=tuple(_PLACEHOLDER[f] for f in fams))
+                labels = pod.meta.labels
                 tmpl = memo[mkey] = [m for v in self._candidates(pod.meta.namespace)
-                                     for m in view_memberships(v, probe)]
+                                     if could_match(v, labels, self._sel_memo) for m in view_memberships(v, probe)]
             by_fam = {f: [ip for ip in pod.pod_ips if ip_family(ip) == f] for f in fams}
             members = frozenset(Membership(m.set_name, m.family, ip, m.policy, m.group)
                                 for m in tmpl for ip in by_fam[m.family])
             self._add_members(pod.key, members)
             self._set_local(pod)
+        self._sel_memo.clear()
 
     # ----------------------------------------------------------------------------------- per pod
     def _candidates(self, namespace: str) -> list[NsView]:
@@ -131,7 +136,9 @@ class Desired:
         return got
 
     def members_of(self, pod: Pod) -> frozenset[Membership]:
-        return frozenset(m for v in self._candidates(pod.meta.namespace) for m in view_memberships(v, pod))
+        labels = pod.meta.labels
+        return frozenset(m for v in self._candidates(pod.meta.namespace) if could_match(v, labels)
+                         for m in view_memberships(v, pod))
 
     def _remember(self, key: str, pod: Pod | None) -> None:
         old = self.pods.pop(key, None)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from kr_core.model import LabelSelector, NetworkPolicy, Pod, PolicyPort, PolicyRule
 
@@ -314,6 +315,8 @@ class NsView:
     cp: CompiledPolicy
     targets: bool  # the policy's own namespace
     rules: tuple[tuple[str, RuleSpec, tuple[LabelSelector | None, ...], bool], ...]
+    selectors: tuple[LabelSelector | None, ...] = ()  # every selector that can put a pod of it into a set
+    any_pod: bool = False  # egress named ports resolved on any pod: every pod may be a member
 
 
 def ns_view(cp: CompiledPolicy, namespace: str, ns_labels: Mapping[str, str] | None) -> NsView:
@@ -327,7 +330,30 @@ def ns_view(cp: CompiledPolicy, namespace: str, ns_labels: Mapping[str, str] | N
                              and p.namespace_selector.matches(ns_labels)))
             named = bool(rule.named_ports) and (own if direction == INGRESS else True)
             rules.append((direction, rule, sels, named))
-    return NsView(cp, own, tuple(rules))
+    selectors = ((cp.pod_selector,) if own else ()) + tuple(s for _, _, sels, _ in rules for s in sels)
+    any_pod = any(d == EGRESS and named and (r.all_peers or bool(r.ipblocks)) for d, r, _, named in rules)
+    return NsView(cp, own, tuple(rules), tuple(dict.fromkeys(selectors)), any_pod)
+
+
+def could_match(v: NsView, labels: Mapping[str, str], memo: dict[tuple[Any, Any], bool] | None = None) -> bool:
+    """Cheap pre-check: can a pod with ``labels`` be in any set of this view? (``memo``: selector results by
+    (selector, labels); equal selectors of different policies share an entry.)"""
+    if v.any_pod:
+        return True
+    for sel in v.selectors:
+        if sel is None:
+            return True
+        if memo is None:
+            if sel.matches(labels):
+                return True
+            continue
+        k = (sel, labels)
+        hit = memo.get(k)
+        if hit is None:
+            hit = memo[k] = sel.matches(labels)
+        if hit:
+            return True
+    return False
 
 
 def _sel_matches(sel: LabelSelector | None, labels: Mapping[str, str]) -> bool:
