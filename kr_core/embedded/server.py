@@ -103,7 +103,7 @@ class Handler(BaseHTTPRequestHandler):
     # -- plumbing --------------------------------------------------------------------------
 
     def _send_json(self, code: int, body: Any, extra: dict[str, str] | None = None) -> None:
-        data = json.dumps(body, separators=(",", ":")).encode()
+        data = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -208,8 +208,13 @@ class Handler(BaseHTTPRequestHandler):
             raise errors.method_not_allowed()
         if method in ("GET", "HEAD"):
             if name is None:
-                body = reg.list(res, ns, q.get("labelSelector"), q.get("fieldSelector"),
-                                int(q["limit"]) if q.get("limit", "").isdigit() else None, q.get("continue") or None)
+                args = (res, ns, q.get("labelSelector"), q.get("fieldSelector"),
+                        int(q["limit"]) if q.get("limit", "").isdigit() else None, q.get("continue") or None)
+                if not wants_table(self.headers.get("Accept", "")):
+                    # the list as bytes, from the items' kept encodings (the cold-start path of every client)
+                    self._send_json(200, reg.list_json(*args))
+                    return
+                body = reg.list(*args)
             else:
                 body = reg.get(res, ns, name)
             self._send_json(200, self._maybe_table(res, body))

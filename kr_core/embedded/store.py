@@ -85,8 +85,13 @@ class Store:
         )
         self.history_size = max(1, history)
         self._objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
+        # The JSON encoding of each stored object, with the object it encodes: lists send these bytes as
+        # they are instead of encoding every item again (the text exists anyway: SQLite stores it).
+        self._encoded: dict[str, dict[tuple[str, str], tuple[dict[str, Any], bytes]]] = {}
         for kind, ns, name, js in self._db.execute("SELECT kind, namespace, name, json FROM objects"):
-            self._objects.setdefault(kind, {})[(ns, name)] = json.loads(js)
+            obj = json.loads(js)
+            self._objects.setdefault(kind, {})[(ns, name)] = obj
+            self._encoded.setdefault(kind, {})[(ns, name)] = (obj, js.encode())
         row = self._db.execute("SELECT value FROM meta WHERE key='rv'").fetchone()
         self._rv = int(row[0]) if row else 0
         self._ring: deque[Event] = deque()
@@ -142,6 +147,22 @@ class Store:
                 return [objs[k] for k in sel], self._rv
             return [jcopy(objs[k]) for k in sel], self._rv
 
+    def encoded(self, kind: str, objs: list[dict[str, Any]]) -> list[bytes]:
+        """The compact JSON encoding (``separators=(",", ":")``) of each of ``objs``, stored dicts of
+        ``kind`` as returned by :meth:`list` with ``copy_items`` False: the bytes kept from the object's write
+        when they still encode this very dict, else encoded now. Needs no lock."""
+        enc = self._encoded.get(kind, {})
+        out: list[bytes] = []
+        append = out.append
+        for obj in objs:
+            m = obj.get("metadata") or {}
+            ent = enc.get((m.get("namespace", "") or "", m.get("name")))
+            if ent is not None and ent[0] is obj:
+                append(ent[1])
+            else:
+                append(json.dumps(obj, separators=(",", ":")).encode())
+        return out
+
     def iter_raw(self, kind: str) -> Iterator[dict[str, Any]]:
         """Objects of ``kind`` without copying (caller must not modify; hold no expectations of
         consistency across writes)."""
@@ -175,6 +196,7 @@ class Store:
             if old is None:
                 self._sorted[kind] = None
             self._objects.setdefault(kind, {})[(ns, name)] = stored
+            self._encoded.setdefault(kind, {})[(ns, name)] = (stored, js.encode())
             self._publish(Event(rv, event_type, kind, ns, name, stored, old))
             return json.loads(js)
 
@@ -184,6 +206,7 @@ class Store:
             obj = self._objects.get(kind, {}).pop((namespace, name), None)
             if obj is None:
                 return None
+            self._encoded.get(kind, {}).pop((namespace, name), None)
             self._sorted[kind] = None
             obj = jcopy(obj)
             rv = self._next_rv()

@@ -122,11 +122,32 @@ class Store(Generic[T]):
             self._reindex(key, obj)
             return Event(EventType.ADDED if old is None else EventType.MODIFIED, self.resource, obj, old)
 
-    def replace(self, objs: Iterable[T]) -> list[Event[T]]:
-        """Replace the whole content (a re-list); return the difference as events."""
+    def _index_all(self, objs: dict[str, T]) -> None:
+        """Add every (key, object) of ``objs`` to the indexes (one pass per index)."""
+        for name, fn in self._indexers.items():
+            idx = self._index[name]
+            for key, obj in objs.items():
+                for v in fn(obj):
+                    s = idx.get(v)
+                    if s is None:
+                        idx[v] = {key}
+                    else:
+                        s.add(key)
+
+    def replace(self, objs: Iterable[T], *, want_events: bool = True) -> list[Event[T]]:
+        """Replace the whole content (a re-list); return the difference as events (none when
+        ``want_events`` is false: an initial list nobody is told about)."""
         new = {o.meta.key: o for o in objs}
         events: list[Event[T]] = []
         with self._lock:
+            if not self._objs:
+                # the cold start: adopt the new dict as is (readers see the empty or the full one)
+                self._index_all(new)
+                self._objs = new
+                if want_events:
+                    added, r = EventType.ADDED, self.resource
+                    events = [Event(added, r, obj, None) for obj in new.values()]
+                return events
             for key, old in list(self._objs.items()):
                 if key not in new:
                     del self._objs[key]
@@ -141,7 +162,7 @@ class Store(Generic[T]):
                 self._objs[key] = obj
                 self._reindex(key, obj)
                 events.append(Event(EventType.ADDED if old is None else EventType.MODIFIED, self.resource, obj, old))
-        return events
+        return events if want_events else []
 
 
 class StoreView(Generic[T]):
