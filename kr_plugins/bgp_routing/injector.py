@@ -38,6 +38,7 @@ log = logging.getLogger("kr.bgp_routing.injector")
 OVERLAY_TABLE = 77
 CATCHUP_EVENTS = 200  # per-path events within CATCHUP_WINDOW that make the watcher re-read the table
 CATCHUP_WINDOW = 0.05
+ADOPT_GRACE = 20.0  # s: routes of a previous run are kept at least this long (GoBGP v3 retries every 5 s)
 BURST_QUIET = 0.005  # s without a new event that ends a burst
 BURST_MAX = 0.1  # s: the longest a burst is gathered before it is applied
 
@@ -92,10 +93,12 @@ class InjectStats:
 
 class Injector:
     def __init__(self, make_speaker: Callable[[], Speaker], *, netns: str | None = None, resync: float = 60.0,
-                 on_stats: Callable[[str, float], None] | None = None) -> None:
+                 on_stats: Callable[[str, float], None] | None = None, adopt_grace: float = ADOPT_GRACE) -> None:
         self.make_speaker = make_speaker
         self.netns = netns
         self.resync = resync
+        self.adopt_grace = adopt_grace
+        self._started_at = time.monotonic()
         self.on_stats = on_stats or (lambda kind, value: None)
         self.cfg = InjectConfig()
         self.routes: dict[str, Injected] = {}
@@ -109,11 +112,14 @@ class Injector:
         self._threads: list[threading.Thread] = []
         self._speaker: Speaker | None = None
         self._pending_table: set[str] | None = None
+        self.adopted: dict[tuple[str, int], str] = {}  # (dst, table) -> `ip route` line, from a previous run
         self._decided: tuple[InjectConfig | None, dict[str, str]] = (None, {})
 
     # -------------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
         self._stop.clear()
+        self._started_at = time.monotonic()
+        self._adopt()
         for name, fn in (("bgp-watch", self._watch_loop), ("bgp-inject", self._inject_loop)):
             t = threading.Thread(target=fn, name=name, daemon=True)
             t.start()
@@ -141,6 +147,31 @@ class Injector:
         with self._lock:
             return [{"prefix": p, "next_hop": i.next_hop, "via": i.route.gateway or "", "dev": i.tunnel or "",
                      "table": i.route.table} for p, i in sorted(self.routes.items())]
+
+    def _adopt(self) -> None:
+        """Take over what a previous run left (no flush, so traffic keeps flowing): its proto-17 routes are
+        kept until re-learned, and deleted at the first periodic resync if BGP never brings them back; its
+        ``tun-*`` links are kept for reuse."""
+        for table in ("main", str(OVERLAY_TABLE)):
+            for fam in ("-4", "-6"):
+                out = self._ip(fam, "route", "show", "proto", "17", "table", table, check=False).stdout
+                for line in out.splitlines():
+                    dst = line.split()[0] if line.strip() else ""
+                    if dst and dst != "default":
+                        if "/" not in dst:
+                            dst += "/128" if ":" in dst else "/32"
+                        self.adopted[(dst, OVERLAY_TABLE if table != "main" else 254)] = line
+        out = self._ip("-d", "-o", "link", "show", check=False).stdout
+        for line in out.splitlines():
+            parts = line.split(":", 2)
+            if len(parts) < 3:
+                continue
+            name = parts[1].strip().split("@")[0]
+            words = parts[2].split()
+            if name.startswith("tun-") and "remote" in words:
+                self.tunnels[name] = words[words.index("remote") + 1]
+        if self.adopted or self.tunnels:
+            log.info("adopted %d routes and %d tunnels left by a previous run", len(self.adopted), len(self.tunnels))
 
     # -------------------------------------------------------------------------------- watch thread
     def _watch_loop(self) -> None:
@@ -288,8 +319,17 @@ class Injector:
                                    oif=inj.route.oif, table=OVERLAY_TABLE))
         del_routes = [Route(dst=i.route.dst, table=i.route.table, proto=RTPROT_ZEBRA) for i in delete.values()
                       if i.route.dst not in replace]
-        if resync:  # self-heal: re-apply what we hold
+        for inj in list(replace.values()):
+            self.adopted.pop((inj.route.dst, inj.route.table), None)
+        for r in extra:
+            self.adopted.pop((r.dst, r.table), None)
+        if resync:  # self-heal: re-apply what we hold; drop what a previous run left and BGP did not confirm
             repl_routes += [i.route for p, i in self.routes.items() if p not in replace and p not in delete]
+            if self.adopted and time.monotonic() - self._started_at >= self.adopt_grace:
+                for (dst, table), _line in self.adopted.items():
+                    log.info("route %s (table %d) left by a previous run was not re-learned: removed", dst, table)
+                    del_routes.append(Route(dst=dst, table=table, proto=RTPROT_ZEBRA))
+                self.adopted.clear()
         if repl_routes or del_routes or extra:
             res = apply_routes(replace=repl_routes + extra, delete=del_routes, netns=self.netns)
             failed = {r.dst for op, r, _ in res.errors if op == "replace"}
@@ -384,6 +424,10 @@ class Injector:
 
     def _gc_tunnels(self) -> None:
         used = {i.tunnel for i in self.routes.values() if i.tunnel}
+        for line in self.adopted.values():  # routes of a previous run still carry traffic through these
+            words = line.split()
+            if "dev" in words:
+                used.add(words[words.index("dev") + 1])
         for name in list(self.tunnels):
             if name not in used:
                 self._ip("link", "del", name, check=False)

@@ -79,6 +79,14 @@ def test_ext_bird_communities_prepend_vips_restart_and_delete(netlab_factory) ->
     wait_for(lambda: bird_has("10.96.0.50/32", n1.ip) and bird_has("10.96.0.50/32", n2.ip), 10, "cluster IP")
     wait_for(lambda: bird_has("1.1.1.1/32", n1.ip), 10, "external IP from node-1")
     assert f"via {n2.ip}" not in lab.birdc("show", "route", "for", "1.1.1.1/32", "all")
+    # the endpoint moves to node-2: node-1 withdraws the external IP (ETP Local), node-2 advertises it
+    moved = EndpointSlice.from_json({"metadata": {"name": "web-1", "namespace": "default",
+                                                  "labels": {"kubernetes.io/service-name": "web"}},
+                                     "endpoints": [{"addresses": [n2.pod_ip], "nodeName": n2.name}]})
+    lab.publish(moved)
+    wait_for(lambda: bird_has("1.1.1.1/32", n2.ip) and not bird_has("1.1.1.1/32", n1.ip), 10, "external IP moved")
+    lab.publish(eps)
+    wait_for(lambda: bird_has("1.1.1.1/32", n1.ip), 10, "external IP back on node-1")
     # the invalid community was reported against the node and skipped
     assert any("bogus" in k for k in n1.plugin()._logged)
 

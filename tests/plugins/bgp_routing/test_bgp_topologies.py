@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -94,3 +95,32 @@ def test_cleanup_removes_everything_twice(netlab_factory) -> None:  # type: igno
     assert "tun-" not in os.popen(f"ip -n {n1.ns} link").read()
     assert "kube-router" not in os.popen(f"ip netns exec {n1.ns} iptables -S FORWARD").read()
     assert "kube-router-pod-subnets" not in os.popen(f"ip netns exec {n1.ns} ipset list -n").read()
+
+
+def test_graceful_restart_agent_restart_keeps_traffic(netlab_factory) -> None:  # type: ignore[no-untyped-def]
+    lab = netlab_factory(2)
+    n1, n2 = lab.nodes
+    flags = {"bgp-graceful-restart": True, "bgp-graceful-restart-time": 60.0, "injected-routes-sync-period": 3.0}
+    for n in lab.nodes:
+        lab.start_agent(n, **flags)
+    lab.wait_established(n1, [n2.ip])
+    wait_for(lambda: lab.ping(n2, n1.pod_ip) and lab.ping(n1, n2.pod_ip), 15, "pods reach each other")
+    # node-1's agent stops: gobgpd is killed without a NOTIFICATION, node-2 keeps node-1's routes (GR helper),
+    # node-1's kernel keeps its routes (stop leaves the dataplane)
+    lab.stop_agent(n1)
+    assert lab.ping(n2, n1.pod_ip) and lab.ping(n1, n2.pod_ip)
+    assert n2.pod_cidr.split("/")[0] in n1.routes()
+    # a new agent adopts the routes (no flush) and converges
+    lab.start_agent(n1, **flags)
+    assert lab.ping(n1, n2.pod_ip)
+    lab.wait_established(n1, [n2.ip], timeout=30)
+    wait_for(lambda: n1.plugin().injector.snapshot(), 15, "route re-learned by the new agent")
+    assert lab.ping(n1, n2.pod_ip) and lab.ping(n2, n1.pod_ip)
+    # a route a previous run left that BGP never confirms is removed at the next resync
+    os.system(f"ip -n {n1.ns} route add 10.199.0.0/24 via {n2.ip} proto 17")
+    lab.stop_agent(n1)
+    lab.start_agent(n1, **flags)
+    t0 = time.monotonic()
+    wait_for(lambda: "10.199.0.0" not in n1.routes(), 30, "stale adopted route removed")
+    assert time.monotonic() - t0 > 10  # kept during the adoption grace period
+    assert n2.pod_cidr.split("/")[0] in n1.routes()
