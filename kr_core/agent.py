@@ -170,13 +170,21 @@ class Agent:
         log.info("caches synced: %s", ", ".join(f"{len(st)} {r.value}" for r, st in self.caches.stores.items()))
         for caller in self.host:
             log.info("starting plugin %s (role %s)", caller.name, caller.info.role)
-            try:
-                caller.start(self.contexts[caller.name])
-            except Exception as e:
-                log.exception("plugin %s failed to start", caller.name)
-                raise AgentError(f"plugin {caller.name} failed to start: {e}") from e
+            worker = self.workers[caller.name]
+            ctx = self.contexts[caller.name]
             self._started.append(caller)
-            self.workers[caller.name].start(initial_sync=True)
+            try:
+                caller.start(ctx)
+            except Exception as e:
+                # Isolation: one plugin that cannot start (a kernel feature missing, a daemon not installed)
+                # does not stop the others. It is unhealthy and its start is retried on its own worker.
+                worker.start_error = f"{type(e).__name__}: {e}"
+                worker._failures["start"].inc()
+                log.error("plugin %s failed to start: %s; retrying in the background, other plugins go on",
+                          caller.name, worker.start_error)
+                worker.start(initial_sync=True, retry_start=lambda c=caller, x=ctx: c.start(x))
+                continue
+            worker.start(initial_sync=True)
 
     def run(self) -> int:
         """Start, then block until SIGTERM/SIGINT (or :meth:`request_stop`), then stop. Returns an exit code."""
@@ -207,6 +215,8 @@ class Agent:
                 log.exception("stopping the source failed")
         self.broadcaster.stop(drain=True)
         for caller in reversed(self._started):
+            if not self.workers[caller.name].started:
+                continue  # its start never succeeded: nothing to stop
             try:
                 caller.stop()
             except Exception:
@@ -240,6 +250,8 @@ class Agent:
         for name, w in self.workers.items():
             if w in self.broadcaster.workers and w._thread is not None and not w.alive and not self._stop.is_set():
                 probs.append(f"{name}: worker thread is not running")
+            if w.start_error is not None:
+                probs.append(f"{name}: start failed: {w.start_error}")
             rep = w.last_health
             if rep is not None and not rep.healthy:
                 probs.append(f"{name}: {rep.message}")

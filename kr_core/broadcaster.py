@@ -84,13 +84,15 @@ class PluginWorker:
         self._drain = True
         self._thread: threading.Thread | None = None
         self.last_health: Any = None
+        self.start_error: str | None = None  # why the plugin's start hook is failing (retried on the worker)
+        self.started = False
         self.syncs_ok = 0
         self.events_delivered = 0
         m = metrics
         self._lat = m.event_latency.labels(plugin=self.name)
         self._sync_hist = m.sync_duration.labels(plugin=self.name)
         self._events_total = m.events_total.labels(plugin=self.name)
-        self._failures = {h: m.hook_failures.labels(plugin=self.name, hook=h) for h in (*EVENT_HOOK.values(), "sync")}
+        self._failures = {h: m.hook_failures.labels(plugin=self.name, hook=h) for h in (*EVENT_HOOK.values(), "sync", "start")}
         self._dropped = m.events_dropped.labels(plugin=self.name)
         m.queue_depth.labels(plugin=self.name).set_function(lambda: self.depth)
 
@@ -145,13 +147,38 @@ class PluginWorker:
         return len(self._pending) + len(self._retry) + self._inflight
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, initial_sync: bool = True) -> None:
+    def start(self, initial_sync: bool = True, retry_start: Callable[[], None] | None = None) -> None:
+        """Start the worker thread. With ``retry_start`` (the plugin's start hook, which failed once), the
+        thread first retries it with backoff until it succeeds; events queue (and coalesce) meanwhile."""
         if initial_sync:
             with self._cond:
                 self._sync_reason, self._sync_due = "initial", 0.0
         self._next_periodic = time.perf_counter() + self.sync_period
-        self._thread = threading.Thread(target=self._run, name=f"kr-plugin-{self.name}", daemon=True)
+        self.started = retry_start is None
+        self._thread = threading.Thread(target=self._run, args=(retry_start,), name=f"kr-plugin-{self.name}",
+                                        daemon=True)
         self._thread.start()
+
+    def _retry_start(self, start: Callable[[], None]) -> bool:
+        """Retry the start hook with backoff until it succeeds (True) or the worker is stopped (False)."""
+        attempt = 1
+        while True:
+            delay = min(self.retry_max, self.retry_base * 2 ** attempt)
+            with self._cond:
+                if self._cond.wait_for(lambda: self._stopping, delay):
+                    return False
+            attempt += 1
+            try:
+                start()
+            except Exception as e:
+                self._failures["start"].inc()
+                self.start_error = f"{type(e).__name__}: {e}"
+                log.warning("plugin %s: start failed again (attempt %d): %s", self.name, attempt, self.start_error)
+                continue
+            log.info("plugin %s: started after %d attempts", self.name, attempt)
+            self.start_error = None
+            self.started = True
+            return True
 
     def stop(self, drain: bool = True, timeout: float | None = 30.0) -> None:
         """Stop the thread; with ``drain`` it first delivers what is pending (retries are dropped)."""
@@ -175,7 +202,9 @@ class PluginWorker:
                 t = r.due
         return min(t - now, self.health_interval)
 
-    def _run(self) -> None:
+    def _run(self, retry_start: Callable[[], None] | None = None) -> None:
+        if retry_start is not None and not self._retry_start(retry_start):
+            return
         next_health = time.perf_counter()
         while True:
             with self._cond:

@@ -49,7 +49,8 @@ def start(ctx: PluginContext) -> None:
 
     One-time host setup (links, base chains, sysctls, daemons) and adoption of the state a previous run left
     in the kernel. Must not flush anything: traffic keeps flowing across an agent restart. An exception here
-    stops the agent start-up with the plugin's name.
+    does not stop the agent: the plugin is reported unhealthy (``<name>: start failed: ...``) and its start is
+    retried with backoff on its own worker thread, while the other plugins run; events queue meanwhile.
     """
 
 

@@ -25,18 +25,33 @@ def test_start_order_is_kube_routers(make_agent, recorder):  # noqa: F811
     assert [p for p, h, _ in recorder.calls if h == "start"] == ["routing", "proxy", "netpol", "a_third_party"]
 
 
-def test_plugin_start_failure_names_the_plugin(make_agent, recorder):  # noqa: F811
+def test_plugin_start_failure_is_isolated_and_retried(make_agent, recorder):  # noqa: F811
     class Bad:
         info = PluginInfo(name="bad", role="pod-routing", version="1")
+        attempts = 0
 
         @hookimpl
         def start(self, ctx):
-            raise OSError("gobgpd not found: apt-get install gobgpd")
+            Bad.attempts += 1
+            if Bad.attempts < 3:
+                raise OSError("gobgpd not found: apt-get install gobgpd")
+
+        @hookimpl
+        def sync(self, reason):
+            recorder.add("bad", "sync", reason)
 
     agent, _ = make_agent(Bad, recording_plugin("proxy", "service-proxy", recorder))
-    with pytest.raises(AgentError, match="plugin bad failed to start: gobgpd not found"):
-        agent.start()
-    assert recorder.of("proxy", "start") == []  # later roles are not started
+    agent.configure()
+    agent.workers["bad"].retry_base = 0.05
+    agent.start()
+    # the other plugin starts and syncs although "bad" could not start
+    assert recorder.wait(lambda r: r.of("proxy", "sync"))
+    assert agent.health_problems() == ["bad: start failed: OSError: gobgpd not found: apt-get install gobgpd"]
+    # the start is retried on bad's own worker; once it succeeds, its initial sync runs and health recovers
+    assert recorder.wait(lambda r: r.of("bad", "sync") == ["initial"], timeout=5)
+    assert Bad.attempts == 3 and agent.health_problems() == []
+    assert agent.metrics.registry.get_sample_value(
+        "kr_plugin_hook_failures_total", {"plugin": "bad", "hook": "start"}) == 2
 
 
 def test_cache_sync_timeout(recorder):
