@@ -54,7 +54,7 @@ from .speaker import PeerStatus, Speaker
 from .stubs import StubsError, load
 from .vips import AdvertiseFlags, VipDecision, service_vips, vip_prefix
 
-__version__ = "0.2.0"
+__version__ = "0.1.0"
 
 log = logging.getLogger("kr.bgp_routing")
 
@@ -70,7 +70,8 @@ class Config(BaseModel):
     socket: str = ""
     #: do everything (gobgpd, routes, links, iptables, ipsets) inside this named network namespace (tests)
     netns: str | None = None
-    #: CNI config file (default: $KUBE_ROUTER_CNI_CONF_FILE or /etc/cni/net.d/10-kuberouter.conf)
+    #: CNI config file (default: $KUBE_ROUTER_CNI_CONF_FILE or /etc/cni/net.d/10-kuberouter.conf);
+    #: ``{state_dir}`` and ``{node}`` are replaced (one file per node when several agents share a filesystem)
     cni_conf_file: str = ""
     #: kube-bridge, CNI config, FORWARD accepts, pod egress masquerade (ipsets are always kept)
     host_setup: bool = True
@@ -145,6 +146,11 @@ class Plugin:
             gr_deferral=int(s.bgp_graceful_restart_deferral_time), families=tuple(s.families),
         )
         self.adv_flags = AdvertiseFlags(s.advertise_cluster_ip, s.advertise_external_ip, s.advertise_loadbalancer_ip)
+
+    def _cni_path(self) -> str:
+        assert self.ctx is not None
+        raw = self.cfg.cni_conf_file or os.environ.get("KUBE_ROUTER_CNI_CONF_FILE", DEFAULT_CNI_CONF)
+        return raw.replace("{state_dir}", self.ctx.state_dir).replace("{node}", self.ctx.node_name)
 
     @property
     def netns(self) -> str | None:
@@ -384,9 +390,7 @@ class Plugin:
             if self.cfg.host_setup:
                 if s.enable_cni:
                     self.host.ensure_bridge(cidrs, overlay_mtu if s.auto_mtu else None)
-                    self.host.write_cni(self.cfg.cni_conf_file or os.environ.get("KUBE_ROUTER_CNI_CONF_FILE",
-                                                                                 DEFAULT_CNI_CONF),
-                                        cidrs, overlay_mtu if s.auto_mtu else None)
+                    self.host.write_cni(self._cni_path(), cidrs, overlay_mtu if s.auto_mtu else None)
                 self.host.forward_accepts(iface)
                 self.host.pod_egress(s.enable_pod_egress)
             self.host.overlay_rules(cidrs, s.enable_overlay)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -135,7 +136,8 @@ class Speaker:
                 type="internal" if p.state.type == api.INTERNAL else "external",
                 state=api.PeerState.SessionState.Name(p.state.session_state),
                 received=recv, accepted=acc, advertised=adv,
-                uptime=p.timers.state.uptime.seconds if p.timers.state.HasField("uptime") else 0,
+                uptime=max(0, int(time.time()) - p.timers.state.uptime.seconds)
+                if p.state.session_state == api.PeerState.ESTABLISHED and p.timers.state.HasField("uptime") else 0,
             ))
         return out
 
