@@ -36,6 +36,8 @@ from tests.conformance.builders import node, ns, pod
 NODE = "node-1"
 POD_CIDR = "10.244.0.0/24"
 GATEWAY = "10.244.0.1"
+POD_CIDR6 = "fd00:10:244::/64"
+GATEWAY6 = "fd00:10:244::1"
 
 
 def plugin_class(name: str) -> type:
@@ -53,7 +55,8 @@ def probe(src_ns: str, ip: str, port: int, proto: str, timeout: float = 0.6) -> 
     """One connection attempt from ``src_ns``; True when the responder answered."""
     with netns.in_netns(src_ns):
         kind = socket.SOCK_DGRAM if proto == "UDP" else socket.SOCK_STREAM
-        s = socket.socket(socket.AF_INET, kind, socket.IPPROTO_SCTP if proto == "SCTP" else 0)
+        fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        s = socket.socket(fam, kind, socket.IPPROTO_SCTP if proto == "SCTP" else 0)
     try:
         s.settimeout(timeout)
         s.connect((ip, port))
@@ -74,7 +77,7 @@ class NetnsCluster:
 
     def __init__(self, plugin: str, pods: Iterable[tuple[str, str, dict[str, str]]], *,
                  namespaces: dict[str, dict[str, str]] | None = None, flags: dict[str, Any] | None = None,
-                 config: dict[str, Any] | None = None,
+                 config: dict[str, Any] | None = None, ipv6: bool = False,
                  ports: Iterable[tuple[str, int]] = (("TCP", 80), ("TCP", 81), ("UDP", 80), ("UDP", 81))) -> None:
         from kr_core.lab.responder import Responders
 
@@ -86,6 +89,8 @@ class NetnsCluster:
         self.pods: dict[str, Pod] = {}
         self.pod_ns: dict[str, str] = {}
         self.config = dict(config or {})
+        self.ipv6 = ipv6
+        self.family = 4
         self.ports = list(ports)
         self.n_pods = 0
         self._policies: list[NetworkPolicy] = []
@@ -110,6 +115,10 @@ class NetnsCluster:
         _ip("-n", n, "link", "add", "kube-bridge", "type", "bridge")
         _ip("-n", n, "addr", "add", f"{GATEWAY}/24", "dev", "kube-bridge")
         _ip("-n", n, "link", "set", "kube-bridge", "up")
+        if self.ipv6:
+            _ip("-n", n, "addr", "add", f"{GATEWAY6}/64", "dev", "kube-bridge", "nodad")
+            netns.run(n, ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1", "net.bridge.bridge-nf-call-ip6tables=1",
+                          "net.ipv6.icmp.ratelimit=0"], check=False)
         # REJECT answers with ICMP errors: without the rate limit a blocked probe fails at once instead of timing out
         netns.run(n, ["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=1",
                       "net.ipv4.icmp_ratelimit=0", "net.ipv4.icmp_msgs_per_sec=100000",
@@ -127,10 +136,15 @@ class NetnsCluster:
         _ip("-n", pod_ns, "addr", "add", f"{ip}/24", "dev", "eth0")
         _ip("-n", pod_ns, "link", "set", "eth0", "up")
         _ip("-n", pod_ns, "route", "add", "default", "via", GATEWAY)
+        ips = [ip]
+        if self.ipv6:
+            ips.append(f"fd00:10:244::{10 + i:x}")
+            _ip("-n", pod_ns, "addr", "add", f"{ips[1]}/64", "dev", "eth0", "nodad")
+            _ip("-n", pod_ns, "-6", "route", "add", "default", "via", GATEWAY6)
         key = f"{pns}/{name}"
         self.pod_ns[key] = pod_ns
-        self.pods[key] = pod(name, pns, ip, NODE, labels)
-        problems = self.responders.add(key, pod_ns, self.ports)
+        self.pods[key] = pod(name, pns, ips, NODE, labels)
+        problems = self.responders.add(key, pod_ns, self.ports, ipv6=self.ipv6)
         assert not problems, problems
         return key
 
@@ -151,7 +165,8 @@ class NetnsCluster:
         self.ctx = PluginContext(name=self.plugin_name, settings=Settings(flags), node_name=NODE,
                                  metrics=CollectorRegistry(), config=validate_plugin_config(info, self.config),
                                  caches=self.caches.view(info.resources))
-        initial = [*self.namespaces.values(), *self.pods.values(), node(NODE, "10.0.0.1", [POD_CIDR]),
+        cidrs = [POD_CIDR, POD_CIDR6] if self.ipv6 else [POD_CIDR]
+        initial = [*self.namespaces.values(), *self.pods.values(), node(NODE, "10.0.0.1", cidrs),
                    *self._policies]
         self.feed = FeedSource(initial)
         self.in_node(self.caller.configure, self.ctx)
@@ -190,7 +205,7 @@ class NetnsCluster:
 
     def relabel_pod(self, key: str, labels: dict[str, str]) -> None:
         old = self.pods[key]
-        new = pod(old.meta.name, old.meta.namespace, old.pod_ip, NODE, labels)
+        new = pod(old.meta.name, old.meta.namespace, list(old.pod_ips), NODE, labels)
         self.pods[key] = new
         self.update(new)
 
@@ -208,8 +223,13 @@ class NetnsCluster:
         pairs = list(pairs) if pairs is not None else [(s, d) for s in keys for d in keys if s != d]
         jobs = [(s, d, p, proto) for p in ports for proto in protocols for s, d in pairs]
         with concurrent.futures.ThreadPoolExecutor(max_workers=32) as ex:
-            got = ex.map(lambda j: probe(self.pod_ns[j[0]], self.pods[j[1]].pod_ip, j[2], j[3]), jobs)
+            got = ex.map(lambda j: probe(self.pod_ns[j[0]], self.ip_of(j[1]), j[2], j[3]), jobs)
             return dict(zip(jobs, got, strict=True))
+
+    def ip_of(self, key: str) -> str:
+        """The pod's address of the family probes use (``self.family``: 4 or 6)."""
+        ips = self.pods[key].pod_ips
+        return next((ip for ip in ips if (":" in ip) == (self.family == 6)), ips[0])
 
     def iptables_save(self, mode: str = "nft") -> str:
         return netns.run(self.node_ns, [f"iptables-{mode}-save", "-t", "filter"]).stdout

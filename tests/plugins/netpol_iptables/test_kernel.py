@@ -192,3 +192,21 @@ def test_legacy_mode_and_detection(make_cluster):
     c.restart_plugin()
     assert str(dp(c).modes[4]) == "legacy"
     assert not wait_matrix(c, expect(c))
+
+
+def test_dual_stack_real_packets_both_families(make_cluster):
+    c = make_cluster(ipv6=True, flags={"enable-ipv6": True})
+    c.relabel_namespace("y", {"ns": "y"})
+    c.apply_policy(ing("from-y", "x", {"matchLabels": {"pod": "a"}},
+                       [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}], "ports": [{"port": 80}]}]))
+    v4 = c.pods["x/b"].pod_ips[0]
+    c.apply_policy(policy("egress-v6-block", "x", {"podSelector": {"matchLabels": {"pod": "b"}}, "policyTypes": ["Egress"],
+                                                   "egress": [{"to": [{"ipBlock": {"cidr": "::/0"}}]},
+                                                              {"to": [{"ipBlock": {"cidr": "0.0.0.0/0",
+                                                                                    "except": [v4 + "/32"]}}]}]}))
+    want = expect(c)
+    for fam in (4, 6):
+        c.family = fam
+        assert not wait_matrix(c, want), f"IPv{fam}"
+    assert "KUBE-ROUTER-FORWARD" in netns.run(c.node_ns, ["ip6tables-save", "-t", "filter"]).stdout
+    assert "inet6:" in c.ipset("list", "-n")
