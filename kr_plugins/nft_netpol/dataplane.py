@@ -23,8 +23,9 @@ from typing import Any
 from kr_core.net.nft import Nft
 
 from . import render
-from .nfnl import ElementWriter
+from .nfnl import ElementWriter, ops_from_json
 from .render import Rule, Ruleset, SetSpec
+from .text import Unsupported, to_text
 
 log = logging.getLogger("kr.nft_netpol")
 
@@ -58,8 +59,9 @@ class Plan:
 class Dataplane:
     """kr's ``inet kube-router-netpol`` table in the namespace ``nft`` is bound to."""
 
-    def __init__(self, nft: Nft | None = None, *, fast_elements: bool = True) -> None:
+    def __init__(self, nft: Nft | None = None, *, fast_elements: bool = True, text: bool = True) -> None:
         self.nft = nft if nft is not None else Nft()
+        self.text = text
         self.writer: ElementWriter | None = None
         if fast_elements:
             try:
@@ -89,6 +91,8 @@ class Dataplane:
         for name, spec in want.sets.items():
             old = self.sets.get(name)
             elems = want.elements.get(name)
+            if old is spec and elems is None:
+                continue
             if old is None or old != spec:
                 if old is not None:  # type changed (names carry the family, so not expected): recreate
                     cmds.append({"delete": render._obj("set", name)})
@@ -132,11 +136,11 @@ class Dataplane:
         for name in want.maps:
             if name not in self.maps:
                 cmds.append({"add": render.map_cmd(name)})
-        for c in render._chain_order(want):
-            rules = want.chains[c]
-            old_rules = self.chains.get(c)
-            if old_rules is rules or old_rules == rules:
-                continue
+        have = self.chains
+        changed = {c: r for c, r in want.chains.items() if (o := have.get(c)) is not r and o != r}
+        for c in render._chain_order(_only(want, list(changed))):
+            rules = changed[c]
+            old_rules = have.get(c)
             if old_rules:
                 cmds.append({"flush": render._obj("chain", c)})
             cmds += [{"add": render.rule_cmd(c, r)} for r in rules]
@@ -276,14 +280,28 @@ class Dataplane:
         return sum(map(len, adds.values())) + sum(map(len, dels.values()))
 
     def _send(self, cmds: list[dict[str, Any]], what: str) -> None:
-        """One transaction: raw nfnetlink when it is only elements of plain sets and maps (no libnftables
-        cache to fill), libnftables otherwise."""
-        changes = _element_changes(cmds, self.sets, self.maps) if self.writer is not None else None
-        if changes is not None and self.writer is not None:
-            self.writer.apply(changes, what=what)
+        """One transaction: raw nfnetlink when it is only elements of plain sets and maps and pod chains
+        (no libnftables cache to fill: :mod:`.nfnl`), else libnftables, in text syntax (parsed 2.5x faster
+        than the same JSON: :mod:`.text`)."""
+        ops = None
+        if self.writer is not None and not any("table" in next(iter(c.values())) for c in cmds):
+            ops = ops_from_json(cmds, render.TABLE, self._plain_sets())
+        if ops is not None and self.writer is not None:
+            self.writer.apply(ops, what=what)
             self.fast_transactions += 1
-        else:
+            return
+        try:
+            script = to_text(cmds) if self.text else None
+        except Unsupported:
+            script = None
+        if script is None:
             self.nft.run(cmds, what=what)
+        else:
+            self.nft.run_text(script, what=what)
+
+    def _plain_sets(self) -> list[str]:
+        """Sets and maps programmed whose elements the raw path may move (not interval sets)."""
+        return [n for n, s in self.sets.items() if not s.interval] + list(self.maps)
 
     # ------------------------------------------------------------------------------------ lifecycle
     def adopt(self) -> bool:
@@ -299,28 +317,6 @@ class Dataplane:
         self.known = False
         self.chains, self.sets, self.elements, self.maps = {}, {}, {}, {}
         return gone
-
-
-def _element_changes(cmds: list[dict[str, Any]], sets: dict[str, SetSpec],
-                     maps: dict[str, dict[str, str]]) -> list[tuple[str, str, list[Any]]] | None:
-    """The commands as (add|delete, name, elements) when they are all element changes of plain sets or
-    verdict maps; None otherwise."""
-    out: list[tuple[str, str, list[Any]]] = []
-    for c in cmds:
-        if len(c) != 1:
-            return None
-        ((verb, body),) = c.items()
-        el = body.get("element") if verb in ("add", "delete") and len(body) == 1 else None
-        if el is None:
-            return None
-        name = el["name"]
-        spec = sets.get(name)
-        if spec is not None and spec.interval:
-            return None
-        if spec is None and name not in maps:
-            return None  # not programmed yet
-        out.append((verb, name, [e if isinstance(e, str) else (e[0], e[1]["jump"]["target"]) for e in el["elem"]]))
-    return out
 
 
 def _only(rs: Ruleset, chains: list[str]) -> Ruleset:

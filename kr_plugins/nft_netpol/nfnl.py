@@ -1,13 +1,16 @@
-"""Set and verdict-map element changes as one raw nfnetlink batch (one nf_tables transaction), no libnftables.
+"""Hot-path changes as one raw nfnetlink batch (one nf_tables transaction), without libnftables.
 
 Why: libnftables fetches the definitions of every set and chain of the ruleset before it runs any command
 (its cache), so one ``add element`` into a table of 1,000 sets and 1,300 chains costs 1.5-2.5 ms (JSON
 input slower than text), most of it listing. The hot path of a network-policy backend is exactly that:
-a pod appears, its address goes into a few sets. This module encodes only those messages
-(``NFT_MSG_NEWSETELEM`` / ``NFT_MSG_DELSETELEM`` between ``NFNL_MSG_BATCH_BEGIN`` and ``_END``), sends them on a
-netfilter netlink socket and reads one ack per message, so the kernel applies them atomically (all or
-nothing, as libnftables would) in tens of microseconds. Everything else (tables, chains, rules, interval
-sets) still goes through libnftables.
+a pod appears, its address goes into a few sets (and, for a local pod, its own chain is created). This
+module encodes only those messages: set and verdict-map elements (``NFT_MSG_NEWSETELEM``/``DELSETELEM``),
+regular chains (``NEWCHAIN``/``DELCHAIN``, flush = ``DELRULE``) and rules made of the few expressions a pod
+chain uses (immediate verdicts, ``fib saddr type local``, ``limit``, ``log group``, ``reject``, a comment),
+between ``NFNL_MSG_BATCH_BEGIN`` and ``_END``; it sends them on a netfilter netlink socket and reads one ack
+per message, so the kernel applies them atomically (all or nothing, as libnftables would) in tens of
+microseconds. :func:`ops_from_json` says whether a libnftables JSON command list can go this way; anything
+else (base chains, set definitions, interval sets, other expressions) goes through libnftables.
 
 The socket belongs to the network namespace of the thread that creates :class:`ElementWriter`.
 """
@@ -27,8 +30,13 @@ NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN = 0x10
 NFNL_MSG_BATCH_END = 0x11
+NFT_MSG_NEWCHAIN = 3
+NFT_MSG_DELCHAIN = 5
+NFT_MSG_NEWRULE = 6
+NFT_MSG_DELRULE = 8
 NFT_MSG_NEWSETELEM = 12
 NFT_MSG_DELSETELEM = 14
+NLM_F_APPEND = 0x800
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
 NLM_F_CREATE = 0x400
@@ -37,6 +45,10 @@ NLA_F_NESTED = 0x8000
 NFPROTO = {"inet": 1, "ip": 2, "ip6": 10}
 NFT_JUMP = -3
 NFT_GOTO = -4
+NFT_RETURN = -5
+NF_DROP, NF_ACCEPT = 0, 1
+VERDICTS = {"accept": NF_ACCEPT, "drop": NF_DROP, "return": NFT_RETURN}
+LIMIT_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 # attribute types
 LIST_TABLE, LIST_SET, LIST_ELEMENTS = 1, 2, 3
@@ -72,6 +84,85 @@ def _verdict(target: str, code: int = NFT_JUMP) -> bytes:
 
 
 Element = str | tuple[str, str]  # an address, or (address, chain to jump to) for a verdict map
+#: ("add"|"delete", set name, elements) | ("add_chain"|"flush_chain"|"delete_chain", chain) |
+#: ("add_rule", chain, encoded expressions, comment)
+Op = tuple
+
+
+# ------------------------------------------------------------------------------------------ rules
+
+def _u32(kind: int, v: int) -> bytes:
+    return _attr(kind, struct.pack(">I", v & 0xFFFFFFFF))
+
+
+def _expr(name: str, data: bytes) -> bytes:
+    return _attr(LIST_ELEM, _str(1, name) + _attr(2, data, nested=True), nested=True)
+
+
+def _verdict_expr(code: int, chain: str | None = None) -> bytes:
+    v = _attr(VERDICT_CODE, struct.pack(">i", code)) + (_str(VERDICT_CHAIN, chain) if chain else b"")
+    return _expr("immediate", _u32(1, 0) + _attr(2, _attr(DATA_VERDICT, v, nested=True), nested=True))
+
+
+def encode_expr(e: dict) -> bytes | None:
+    """One libnftables JSON statement as netlink expressions; None when this module does not know it."""
+    if len(e) != 1:
+        return None
+    ((k, v),) = e.items()
+    if k in VERDICTS and v is None:
+        return _verdict_expr(VERDICTS[k])
+    if k == "jump" and isinstance(v, dict) and set(v) == {"target"}:
+        return _verdict_expr(NFT_JUMP, v["target"])
+    if k == "match" and v == {"op": "==", "left": {"fib": {"result": "type", "flags": ["saddr"]}}, "right": "local"}:
+        fib = _u32(1, 1) + _u32(2, 3) + _u32(3, 1)  # dreg 1, result addrtype, flags saddr
+        cmp = _u32(1, 1) + _u32(2, 0) + _attr(3, _attr(DATA_VALUE, struct.pack("=I", 2)), nested=True)  # RTN_LOCAL
+        return _expr("fib", fib) + _expr("cmp", cmp)
+    if k == "limit" and isinstance(v, dict) and set(v) == {"rate", "burst", "per"} and v["per"] in LIMIT_UNITS:
+        data = (_attr(1, struct.pack(">Q", v["rate"])) + _attr(2, struct.pack(">Q", LIMIT_UNITS[v["per"]]))
+                + _u32(3, v["burst"]) + _u32(4, 0) + _u32(5, 0))
+        return _expr("limit", data)
+    if k == "log" and isinstance(v, dict) and set(v) == {"group"}:
+        return _expr("log", _attr(1, struct.pack(">H", v["group"])))
+    if k == "reject" and v is None:
+        return _expr("reject", _u32(1, 2) + _attr(2, struct.pack("B", 1)))  # icmpx port-unreachable
+    return None
+
+
+def ops_from_json(cmds: Sequence[dict], table: str, known_sets: Iterable[str]) -> list[Op] | None:
+    """libnftables JSON commands as :data:`Op`\\ s, or None when any of them is beyond this module."""
+    known = set(known_sets)
+    ops: list[Op] = []
+    for c in cmds:
+        if len(c) != 1:
+            return None
+        ((verb, body),) = c.items()
+        if len(body) != 1:
+            return None
+        ((kind, spec),) = body.items()
+        if spec.get("table") != table:
+            return None
+        if kind == "element" and verb in ("add", "delete"):
+            if spec["name"] not in known:
+                return None
+            elems = [e if isinstance(e, str) else (e[0], e[1]["jump"]["target"])
+                     if isinstance(e, list) and set(e[1]) == {"jump"} else None for e in spec["elem"]]
+            if any(x is None for x in elems):
+                return None
+            ops.append((verb, spec["name"], elems))
+        elif kind == "chain" and verb in ("add", "flush", "delete"):
+            if set(spec) - {"family", "table", "name"}:
+                return None  # a base chain
+            ops.append((f"{verb}_chain", spec["name"]))
+        elif kind == "rule" and verb == "add":
+            if set(spec) - {"family", "table", "chain", "expr", "comment"}:
+                return None
+            parts = [encode_expr(e) for e in spec["expr"]]
+            if any(p is None for p in parts):
+                return None
+            ops.append(("add_rule", spec["chain"], b"".join(parts), spec.get("comment")))  # type: ignore[arg-type]
+        else:
+            return None
+    return ops
 
 
 def encode_elements(elems: Iterable[Element], with_data: bool = True) -> bytes:
@@ -104,25 +195,44 @@ class ElementWriter:
         body = struct.pack("=BBH", family, 0, socket.htons(res_id)) + attrs
         return struct.pack("=IHHII", 16 + len(body), mtype, flags, seq, 0) + body
 
-    def apply(self, changes: Sequence[tuple[str, str, Sequence[Element]]], what: str = "") -> int:
-        """``changes``: (``"add"`` | ``"delete"``, set or map name, elements). One transaction; raises
-        :class:`NfnlError` (nothing applied) when the kernel refuses any of it. Returns messages sent."""
-        changes = [c for c in changes if c[2]]
+    def apply(self, changes: Sequence[Op], what: str = "") -> int:
+        """``changes``: :data:`Op`\\ s, element ops being (``"add"`` | ``"delete"``, set or map name,
+        elements). One transaction; raises :class:`NfnlError` (nothing applied) when the kernel refuses any
+        of it. Returns messages sent."""
+        changes = [c for c in changes if c[0] not in ("add", "delete") or c[2]]
         if not changes:
             return 0
+        sub = NFNL_SUBSYS_NFTABLES << 8
+        ack = NLM_F_REQUEST | NLM_F_ACK
+        table = _str(1, self.table)
         with self._lock:
             seqs = []
             parts = [self._msg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, next(self._seq), 0, NFNL_SUBSYS_NFTABLES, b"")]
-            for op, name, elems in changes:
+            for op in changes:
                 seq = next(self._seq)
                 seqs.append(seq)
-                if op == "add":
-                    mtype, flags = NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE
+                kind = op[0]
+                if kind in ("add", "delete"):
+                    _, name, elems = op
+                    mtype, flags = (NFT_MSG_NEWSETELEM, ack | NLM_F_CREATE) if kind == "add" else (NFT_MSG_DELSETELEM, ack)
+                    attrs = (_str(LIST_TABLE, self.table) + _str(LIST_SET, name)
+                             + _attr(LIST_ELEMENTS, encode_elements(elems, with_data=kind == "add"), nested=True))
+                elif kind == "add_chain":
+                    mtype, flags, attrs = NFT_MSG_NEWCHAIN, ack | NLM_F_CREATE, table + _str(3, op[1])
+                elif kind == "delete_chain":
+                    mtype, flags, attrs = NFT_MSG_DELCHAIN, ack, table + _str(3, op[1])
+                elif kind == "flush_chain":
+                    mtype, flags, attrs = NFT_MSG_DELRULE, ack, table + _str(2, op[1])
+                elif kind == "add_rule":
+                    _, chain, exprs, comment = op
+                    attrs = table + _str(2, chain) + _attr(4, exprs, nested=True)
+                    if comment:
+                        text = comment.encode()[:126] + b"\0"
+                        attrs += _attr(7, struct.pack("BB", 0, len(text)) + text)
+                    mtype, flags = NFT_MSG_NEWRULE, ack | NLM_F_CREATE | NLM_F_APPEND
                 else:
-                    mtype, flags = NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK
-                attrs = (_str(LIST_TABLE, self.table) + _str(LIST_SET, name)
-                         + _attr(LIST_ELEMENTS, encode_elements(elems, with_data=op == "add"), nested=True))
-                parts.append(self._msg((NFNL_SUBSYS_NFTABLES << 8) | mtype, flags, seq, self.family, 0, attrs))
+                    raise ValueError(f"unknown op {kind!r}")
+                parts.append(self._msg(sub | mtype, flags, seq, self.family, 0, attrs))
             parts.append(self._msg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, next(self._seq), 0, NFNL_SUBSYS_NFTABLES, b""))
             self.sock.send(b"".join(parts))
             self._acks(set(seqs), what)

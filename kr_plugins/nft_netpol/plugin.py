@@ -62,6 +62,8 @@ class Plugin:
         self.dp: Dataplane | None = None
         self.desired: Desired | None = None
         self.renderer = Renderer()
+        self.rendered: Ruleset | None = None  # the last ruleset the kernel accepted
+        self.rendered_opts: Options | None = None
         self.error = ""
         self.dirty = False  # a transaction failed: the next hook does a full rebuild
         self.switched = False  # the other backend's state was removed
@@ -121,12 +123,20 @@ class Plugin:
             self._rebuild(what)
             return
         pod = event.new if event.type is not EventType.DELETED else None
+        before = self.desired.local.get(key)
         delta = self.desired.update_pod(key, pod)
         add = [(m.set_name, m.ip) for m in delta.added]
         remove = [(m.set_name, m.ip) for m in delta.removed]
         if delta.rules_changed:
-            why = "local pod" if delta.local_changed else f"named ports of {sorted(delta.groups_changed)}"
-            self._apply_structure(f"{what}: {why} changed", add, remove)
+            if delta.groups_changed:
+                self._apply_structure(f"{what}: named ports of {sorted(delta.groups_changed)} changed", add, remove)
+                return
+            opts = self.options()
+            if self.rendered is None or opts != self.rendered_opts:
+                self._apply_structure(f"{what}: local pod changed", add, remove)
+                return
+            rs = self.renderer.update_pod(self.rendered, self.desired, before, self.desired.local.get(key), opts)
+            self._send(f"{what}: local pod changed", rs, add, remove, opts)
             return
         if not add and not remove:
             return
@@ -202,8 +212,9 @@ class Plugin:
         c = self.ctx.caches
         t0 = time.monotonic()
         self.desired.build(c.policies.list(), c.pods.list(), c.namespaces.list())
-        rs = self.renderer.render(self.desired, self.options())
-        self._send(why, rs, [], [])
+        opts = self.options()
+        rs = self.renderer.render(self.desired, opts)
+        self._send(why, rs, [], [], opts)
         self.m_sync.observe(time.monotonic() - t0)
 
     def _apply_structure(self, why: str, add: list[tuple[str, str]], remove: list[tuple[str, str]]) -> None:
@@ -213,19 +224,22 @@ class Plugin:
         if self.dirty:
             self._rebuild(why)
             return
-        rs = self.renderer.render(self.desired, self.options(), elements=False)
+        opts = self.options()
+        rs = self.renderer.render(self.desired, opts, elements=False)
         for name, spec in rs.sets.items():
             if rs.elements.get(name) is None and name not in self.dp.sets:
                 rs.elements[name] = render.set_elements(spec, self.desired.sets.get(name))
-        self._send(why, rs, add, remove)
+        self._send(why, rs, add, remove, opts)
 
-    def _send(self, why: str, rs: Ruleset, add: list[tuple[str, str]], remove: list[tuple[str, str]]) -> None:
+    def _send(self, why: str, rs: Ruleset, add: list[tuple[str, str]], remove: list[tuple[str, str]],
+              opts: Options) -> None:
         assert self.dp is not None
         try:
             plan: Plan = self.dp.apply(rs, add, remove, what=why)
         except Exception as exc:
             self._failed(why, exc)
             raise
+        self.rendered, self.rendered_opts = rs, opts
         self.error = ""
         self.dirty = False
         self.m_chains.set(len(self.dp.chains))
@@ -238,6 +252,7 @@ class Plugin:
             self.log.debug("%s: nothing to change", why)
 
     def _failed(self, why: str, exc: Exception) -> None:
+        self.rendered = None
         self.error = f"{why}: nft transaction failed (previous rules kept): {exc}"
         self.dirty = True
         self.m_failures.inc()

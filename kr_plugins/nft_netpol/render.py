@@ -376,6 +376,7 @@ class Renderer:
     The output is the same as a fresh :func:`render`."""
 
     def __init__(self) -> None:
+        self.need: dict[tuple[str, str], int] = {}  # (policy key, direction) -> local pods it isolates
         self._pol: dict[tuple[str, str], tuple[CompiledPolicy, frozenset[NamedPortGroup], frozenset[str],
                                                tuple[Rule, ...]]] = {}
         self._pod: dict[tuple[LocalPod, str, Options], tuple[Rule, ...]] = {}
@@ -396,6 +397,12 @@ class Renderer:
             rs.chains[name] = base_chain(name, opts)
         rs.chains[naming.COMMON_CHAIN] = common_chain()
         rs.chains[naming.TAIL_CHAIN] = tail_chain(opts)
+        self.need = {(k, d): 0 for k, ds in needed.items() for d in ds}
+        for pod in local:
+            for k in pod.ingress:
+                self.need[(k, INGRESS)] += 1
+            for k in pod.egress:
+                self.need[(k, EGRESS)] += 1
         for key in sorted(needed):
             cp = desired.policies[key]
             groups = desired.groups_of(key)
@@ -423,6 +430,74 @@ class Renderer:
             for f in opts.families:
                 rs.sets[local_pods_set(f)] = SetSpec(local_pods_set(f), f)
                 rs.elements[local_pods_set(f)] = frozenset(ip for p in local for ip in p.ips_of(f))
+        return rs
+
+    def update_pod(self, prev: Ruleset, desired: Desired, before: LocalPod | None, after: LocalPod | None,
+                   opts: Options) -> Ruleset:
+        """``prev`` (the last ruleset, rendered with ``opts``) changed for one local pod: its chains and map
+        elements, the policies it alone needed (or now needs), the local-pods set. Elements of sets that
+        stay are ``None`` (the caller moves members); new sets get theirs from ``desired``.
+        Equal to :meth:`render` with ``elements=False`` plus those new sets, in O(changed)."""
+        rs = Ruleset(dict(prev.chains), dict(prev.sets), dict.fromkeys(prev.sets), dict(prev.maps), prev.families)
+        touched: set[str] = set()
+        for pod, sign in ((before, -1), (after, 1)):
+            if pod is None:
+                continue
+            for d, pols in ((INGRESS, pod.ingress), (EGRESS, pod.egress)):
+                if not pols:
+                    continue
+                chain = pod_chain(pod.namespace, pod.name, d)
+                for f in opts.families:
+                    m = verdict_map(d, f)
+                    if m not in touched:
+                        rs.maps[m] = dict(rs.maps[m])
+                        touched.add(m)
+                    for ip in pod.ips_of(f):
+                        if sign < 0:
+                            rs.maps[m].pop(ip, None)
+                        else:
+                            rs.maps[m][ip] = chain
+                if sign < 0:
+                    rs.chains.pop(chain, None)
+                else:
+                    rs.chains[chain] = self._pod_rules(pod, d, desired.policies, opts)
+                for k in pols:
+                    self.need[(k, d)] = self.need.get((k, d), 0) + sign
+        changed = {k for (k, _), n in self.need.items() if n <= 0} | set(after.ingress + after.egress if after else ())
+        for key in sorted(changed):
+            dirs = [d for d in (INGRESS, EGRESS) if self.need.get((key, d), 0) > 0]
+            cp = desired.policies.get(key)
+            for d in (INGRESS, EGRESS):
+                if self.need.get((key, d), 1) <= 0:
+                    del self.need[(key, d)]
+                if cp is not None and d not in dirs:
+                    rs.chains.pop(policy_chain(cp.namespace, cp.name, d), None)
+            if cp is None:
+                continue
+            old_specs = self._psets[key][2] if key in self._psets else ()
+            groups = desired.groups_of(key)
+            specs = self._policy_sets(cp, groups, desired)
+            names = frozenset(s.name for s in specs)
+            if not dirs:
+                specs = tuple({s.name: s for s in (*old_specs, *specs)}.values())
+            for d in dirs:
+                c = policy_chain(cp.namespace, cp.name, d)
+                if c not in rs.chains:
+                    rs.chains[c] = self._policy_rules(cp, d, groups, names)
+            for s in specs:
+                if dirs and s.name not in rs.sets:
+                    rs.sets[s.name] = s
+                    rs.elements[s.name] = set_elements(s, desired.sets.get(s.name))
+                elif not dirs:
+                    rs.sets.pop(s.name, None)
+                    rs.elements.pop(s.name, None)
+        if opts.default_deny:
+            for f in opts.families:
+                name = local_pods_set(f)
+                e = set(prev.elements.get(name) or ())
+                e.difference_update(before.ips_of(f) if before else ())
+                e.update(after.ips_of(f) if after else ())
+                rs.elements[name] = frozenset(e)
         return rs
 
     def _policy_rules(self, cp: CompiledPolicy, direction: str, groups: frozenset[NamedPortGroup],

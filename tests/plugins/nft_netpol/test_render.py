@@ -188,7 +188,7 @@ def test_plan_membership_only_and_changed_chains_only():
     d = Desired("node-1")
     d.build(pols, [pod("a", "x", "10.244.0.10", labels={"pod": "a"})], [ns("x")])
     nft = FakeNft()
-    dp = Dataplane(nft, fast_elements=False)  # type: ignore[arg-type]
+    dp = Dataplane(nft, fast_elements=False, text=False)  # type: ignore[arg-type]
     r = Renderer()
     opts = Options()
     dp.apply(r.render(d, opts))
@@ -220,7 +220,7 @@ def test_failed_transaction_keeps_committed_state():
     d = Desired("node-1")
     d.build([policy("p", "x", {"podSelector": {}})], [pod("a", "x", "10.244.0.10")], [ns("x")])
     nft = FakeNft()
-    dp = Dataplane(nft, fast_elements=False)  # type: ignore[arg-type]
+    dp = Dataplane(nft, fast_elements=False, text=False)  # type: ignore[arg-type]
     dp.apply(render.render(d, Options()))
     before = (dict(dp.chains), dict(dp.maps))
     d.update_pod("x/b", pod("b", "x", "10.244.0.11"))
@@ -232,3 +232,29 @@ def test_failed_transaction_keeps_committed_state():
     nft.fail = False
     p = dp.apply(want)  # the same difference again
     assert render.pod_chain("x", "b", INGRESS) in p.chains_written
+
+
+def test_incremental_pod_update_equals_full_render():
+    pods, pols, nss = representative()
+    d = Desired("node-1", (4, 6))
+    d.build(pols, pods, nss)
+    opts = Options(families=(4, 6), default_deny=True, pod_cidrs=("10.244.0.0/24",))
+    r = Renderer()
+    rs = r.render(d, opts)
+    steps = [("x/n1", pod("n1", "x", ["10.244.0.20", "fd00:244::20"], labels={"pod": "a"})),   # new, isolated
+             ("x/n2", pod("n2", "x", "10.244.0.21", labels={"pod": "b"})),
+             ("x/b", pod("b", "x", ["10.244.0.11", "fd00:244::11"], labels={"pod": "zz"})),  # relabelled
+             ("x/n1", None), ("x/a", None), ("x/b", None), ("x/n2", None)]                  # last ones go
+    for key, p in steps:
+        before = d.local.get(key)
+        d.update_pod(key, p)
+        rs = r.update_pod(rs, d, before, d.local.get(key), opts)
+        fresh = render.render(d, opts)
+        assert rs.chains == fresh.chains, key
+        assert rs.maps == fresh.maps and rs.sets == fresh.sets, key
+        assert rs.elements[render.local_pods_set(4)] == fresh.elements[render.local_pods_set(4)]
+        for name, e in rs.elements.items():
+            assert e is None or e == fresh.elements[name], name
+    assert not [c for c in rs.chains if c.startswith("KUBE-POD-FW-") or
+                (c.startswith("KUBE-NWPLCY-") and c not in naming.HELPER_CHAINS)]
+    assert rs.sets.keys() == {render.local_pods_set(4), render.local_pods_set(6)}
