@@ -41,8 +41,14 @@ class World:
         return cls(tuple(policies), dict(namespaces))
 
 
-def _ip(ep: Endpoint) -> str:
-    return ep if isinstance(ep, str) else (ep.pod_ips[0] if ep.pod_ips else "")
+def _ip(ep: Endpoint, family: int | None = None) -> str:
+    """The address a connection to/from ``ep`` uses: its address of ``family`` (default: the first)."""
+    if isinstance(ep, str):
+        return ep
+    for ip in ep.pod_ips:
+        if family is None or (":" in ip) == (family == 6):
+            return ip
+    return ""
 
 
 def _in_block(ip: str, cidr: str, excepts: Sequence[str]) -> bool:
@@ -97,8 +103,8 @@ def _port_matches(p: PolicyPort, dst: Endpoint, port: int, protocol: str) -> boo
 
 
 def _rule_matches(rule: PolicyRule, policy_ns: str, other: Endpoint, dst: Endpoint, port: int, protocol: str,
-                  w: World) -> bool:
-    ip = _ip(other)
+                  w: World, family: int | None = None) -> bool:
+    ip = _ip(other, family)
     if rule.peers and not any(_peer_matches(p, policy_ns, other, ip, w) for p in rule.peers):
         return False
     return not rule.ports or any(_port_matches(p, dst, port, protocol) for p in rule.ports)
@@ -111,20 +117,24 @@ def _selecting(pod: Endpoint, w: World, ptype: str) -> list[NetworkPolicy]:
             and p.pod_selector.matches(pod.meta.labels)]
 
 
-def egress_allowed(src: Endpoint, dst: Endpoint, port: int, protocol: str, w: World) -> bool:
+def egress_allowed(src: Endpoint, dst: Endpoint, port: int, protocol: str, w: World, family: int | None = None) -> bool:
     pols = _selecting(src, w, "Egress")
-    return not pols or any(_rule_matches(r, p.meta.namespace, dst, dst, port, protocol, w) for p in pols for r in p.egress)
+    return not pols or any(_rule_matches(r, p.meta.namespace, dst, dst, port, protocol, w, family)
+                           for p in pols for r in p.egress)
 
 
-def ingress_allowed(src: Endpoint, dst: Endpoint, port: int, protocol: str, w: World) -> bool:
+def ingress_allowed(src: Endpoint, dst: Endpoint, port: int, protocol: str, w: World,
+                    family: int | None = None) -> bool:
     pols = _selecting(dst, w, "Ingress")
-    return not pols or any(_rule_matches(r, p.meta.namespace, src, dst, port, protocol, w)
+    return not pols or any(_rule_matches(r, p.meta.namespace, src, dst, port, protocol, w, family)
                            for p in pols for r in p.ingress)
 
 
-def allowed(src: Endpoint, dst: Endpoint, port: int, protocol: str, w: World) -> bool:
-    """Is ``src -> dst:port/protocol`` allowed by the policies of ``w``?"""
-    return egress_allowed(src, dst, port, protocol, w) and ingress_allowed(src, dst, port, protocol, w)
+def allowed(src: Endpoint, dst: Endpoint, port: int, protocol: str, w: World, family: int | None = None) -> bool:
+    """Is ``src -> dst:port/protocol`` allowed by the policies of ``w``? ``family`` picks the pods' addresses
+    that ipBlocks are matched against (default: each pod's first address)."""
+    return (egress_allowed(src, dst, port, protocol, w, family)
+            and ingress_allowed(src, dst, port, protocol, w, family))
 
 
 def pod_listens(pod: Pod, port: int, protocol: str) -> bool:
@@ -132,7 +142,7 @@ def pod_listens(pod: Pod, port: int, protocol: str) -> bool:
 
 
 def matrix(pods: Iterable[Pod], w: World, ports: Iterable[int], protocols: Iterable[str], *,
-           include_self: bool = False) -> dict[tuple[str, str, int, str], bool]:
+           include_self: bool = False, family: int | None = None) -> dict[tuple[str, str, int, str], bool]:
     """``{(src key, dst key, port, protocol): allowed}`` for every ordered pod pair (not a pod to itself)."""
     pods = list(pods)
     out = {}
@@ -142,5 +152,5 @@ def matrix(pods: Iterable[Pod], w: World, ports: Iterable[int], protocols: Itera
                 for d in pods:
                     if s.key == d.key and not include_self:
                         continue
-                    out[(s.key, d.key, port, proto)] = allowed(s, d, port, proto, w)
+                    out[(s.key, d.key, port, proto)] = allowed(s, d, port, proto, w, family)
     return out

@@ -43,9 +43,9 @@ def make_cluster(request):
         c.close()
 
 
-def expect(c):
+def expect(c, family=None):
     w = World.of(c.policies(), {n: o.meta.labels for n, o in c.namespaces.items()})
-    return matrix(c.pods.values(), w, [80], ["TCP"])
+    return matrix(c.pods.values(), w, [80], ["TCP"], family=family)
 
 
 def dp(c):
@@ -195,18 +195,20 @@ def test_legacy_mode_and_detection(make_cluster):
 
 
 def test_dual_stack_real_packets_both_families(make_cluster):
-    c = make_cluster(ipv6=True, flags={"enable-ipv6": True})
+    c = make_cluster(ipv6=True, flags={"enable-ipv6": True}, pods=[*PODS, ("x", "c", {"pod": "c"})])
     c.relabel_namespace("y", {"ns": "y"})
     c.apply_policy(ing("from-y", "x", {"matchLabels": {"pod": "a"}},
                        [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}], "ports": [{"port": 80}]}]))
-    v4 = c.pods["x/b"].pod_ips[0]
-    c.apply_policy(policy("egress-v6-block", "x", {"podSelector": {"matchLabels": {"pod": "b"}}, "policyTypes": ["Egress"],
-                                                   "egress": [{"to": [{"ipBlock": {"cidr": "::/0"}}]},
-                                                              {"to": [{"ipBlock": {"cidr": "0.0.0.0/0",
-                                                                                    "except": [v4 + "/32"]}}]}]}))
-    want = expect(c)
+    ya4, ya6 = c.pods["y/a"].pod_ips
+    # x/b may send anywhere over IPv4 except to y/a, and over IPv6 only to y/a
+    c.apply_policy(policy("egress-b", "x", {"podSelector": {"matchLabels": {"pod": "b"}}, "policyTypes": ["Egress"],
+                                            "egress": [{"to": [{"ipBlock": {"cidr": ya6 + "/128"}}]},
+                                                       {"to": [{"ipBlock": {"cidr": "0.0.0.0/0",
+                                                                             "except": [ya4 + "/32"]}}]}]}))
     for fam in (4, 6):
         c.family = fam
+        want = expect(c, fam)
+        assert want[("x/b", "y/a", 80, "TCP")] == (fam == 6) and want[("x/b", "x/c", 80, "TCP")] == (fam == 4)
         assert not wait_matrix(c, want), f"IPv{fam}"
     assert "KUBE-ROUTER-FORWARD" in netns.run(c.node_ns, ["ip6tables-save", "-t", "filter"]).stdout
     assert "inet6:" in c.ipset("list", "-n")
