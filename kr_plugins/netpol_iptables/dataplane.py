@@ -122,6 +122,39 @@ class Dataplane:
         log.info("adopted %s chain(s) and %d set(s) left by a previous run",
                  {f: len(c) for f, c in self.chains.items()}, len(self.sets))
 
+    def verify(self) -> list[str]:
+        """Drift check for periodic syncs (one ``*-save -t filter`` per family, one ``ipset list -n``): a chain of
+        ours that is missing or holds another number of rules than we wrote, or a set that is gone, is marked
+        unknown so the next :meth:`apply` rewrites it. Returns what drifted."""
+        drifted: list[str] = []
+        for f in self.families:
+            save = self.ipt[f].save("filter")
+            counts: dict[str, int] = dict.fromkeys(chain_names(save, CHAIN_PREFIXES), 0)
+            for line in save.splitlines():
+                if line.startswith("-A "):
+                    c = line.split(" ", 2)[1]
+                    if c in counts:
+                        counts[c] += 1
+            for c, rules in self.chains[f].items():
+                if rules != _UNKNOWN and counts.get(c) != len(rules):
+                    drifted.append(f"IPv{f} chain {c}")
+                    self.chains[f][c] = _UNKNOWN
+            for c in counts:  # ours by name, but not in our state: adopt, so apply deletes it
+                if c not in self.chains[f]:
+                    drifted.append(f"IPv{f} chain {c} (stray)")
+                    self.chains[f][c] = _UNKNOWN
+        present = set(self.ipset.list_names(SET_PREFIXES))
+        for n in list(self.sets):
+            if n not in present:
+                drifted.append(f"set {n}")
+                del self.sets[n]
+        for n in present - set(self.sets):
+            drifted.append(f"set {n} (stray)")
+            self.sets[n] = None
+        if drifted:
+            log.warning("drift repaired on the next apply: %s", ", ".join(drifted[:20]))
+        return drifted
+
     # ---------------------------------------------------------------------------------------- apply
     def apply(self, rulesets: Mapping[int, Ruleset]) -> ApplyResult:
         res = ApplyResult()

@@ -4,14 +4,21 @@ Flow: the caches -> :class:`kr_core.net.netpol.Desired` (compiled policies, sets
 -> :func:`.render.render` per family (pure) -> :class:`.dataplane.Dataplane` (only the difference: one
 ipset restore, one iptables-restore --noflush per family).
 
-* ``sync``: rebuild everything from the caches and apply the difference (also repairs the top-of-chain jumps).
+* ``sync``: rebuild everything from the caches and apply the difference; a periodic sync first checks the
+  kernel for drift (one save per family: chains of ours missing, emptied or stray; sets gone) and the
+  top-of-chain jumps, and rewrites what drifted.
 * ``on_pod``: only if phase, IPs, hostIP, labels or node changed (AC-N9). The pod's set memberships move;
   when no rule text changed (any remote pod, a local pod whose policies stayed the same) that is one
   ``ipset restore`` of add/del lines and no iptables call at all. Otherwise the rules are re-rendered and
   only changed chains rewritten.
-* ``on_policy``: recompiled, re-rendered; only that policy's chains (and the pod chains jumping to it) change.
-* ``on_namespace``: only a label change matters (namespace selectors); ``on_node``: this node's pod CIDRs
-  (``--netpol-default-deny``).
+* ``on_policy``: only that policy is recompiled and only its memberships move; only its chains (and the pod
+  chains jumping to it) are rewritten.
+* ``on_namespace``: only a label change matters (its pods are re-matched against namespace selectors);
+  ``on_node``: this node's pod CIDRs (``--netpol-default-deny``).
+
+A local pod appearing or going writes its own pod chain and splices its jumps into the top-level chains
+(``-I``/``-D`` of single rules), so the cost does not grow with the number of local pods. ``state()`` (``kr
+state``) lists each local pod with its chain and the policies isolating it per direction.
 """
 
 from __future__ import annotations
@@ -99,6 +106,9 @@ class Plugin:
 
     @hookimpl
     def sync(self, reason: str) -> None:
+        assert self.dp is not None
+        if reason != "initial":
+            self.dp.verify()  # someone flushed or deleted our chains or sets: rewrite them
         self._rebuild(f"full sync ({reason})")
         assert self.dp is not None
         self.dp.ensure_jumps()  # also repairs a jump someone moved or deleted

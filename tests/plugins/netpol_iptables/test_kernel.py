@@ -212,3 +212,19 @@ def test_dual_stack_real_packets_both_families(make_cluster):
         assert not wait_matrix(c, want), f"IPv{fam}"
     assert "KUBE-ROUTER-FORWARD" in netns.run(c.node_ns, ["ip6tables-save", "-t", "filter"]).stdout
     assert "inet6:" in c.ipset("list", "-n")
+
+
+def test_periodic_sync_repairs_drift(make_cluster):
+    c = make_cluster()
+    c.apply_policy(ing("deny", "x", {}, None))
+    want = expect(c)
+    assert not wait_matrix(c, want)
+    chain = naming.policy_chain("x", "deny", 4, "ingress")
+    pod_chain = naming.pod_chain("x", "a")
+    netns.run(c.node_ns, ["iptables", "-F", pod_chain])  # someone flushes a pod chain
+    netns.run(c.node_ns, ["iptables", "-N", "KUBE-POD-FW-STRAYSTRAYSTRAY"])  # and leaves a stray chain of ours
+    assert all(c.matrix([80], ["TCP"], [("y/a", "x/a")]).values())  # x/a is open now
+    c.in_node(c.caller.sync, "periodic")
+    assert not wait_matrix(c, want)
+    save = c.iptables_save()
+    assert "STRAY" not in save and chain in save
