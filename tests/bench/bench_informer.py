@@ -11,12 +11,24 @@ is the client's alone, not the server's):
   ``list_pod_for_all_namespaces``), keeping the model objects as a cache would, one thread per resource
   like the informers.
 
-Reported per variant: wall seconds, the child's CPU seconds (the client's own cost, without the server's), peak RSS (``ru_maxrss``), RSS retained once synced minus the RSS after
-imports (from ``/proc/self/statm``); and the generated/informer ratios. Both variants pay the same server
-time, so the ratio understates the client-side difference.
+Reported per variant: wall seconds, the child's CPU seconds (the client's own cost, without the server's),
+the server's CPU seconds while the child ran (the parent process's), peak RSS (the child's ``VmHWM``), RSS
+retained once synced minus the RSS after imports (from ``/proc/self/statm``); and the generated/informer
+ratios. Both variants pay the same server time, so the time ratio understates the client-side difference.
 
-Run: ``python -m tests.bench.bench_informer [--n N] [--page-size P] [--data FILE]`` or through
-``python -m tests.bench informer``. ``--data`` keeps the loaded objects in a SQLite file for the next run.
+Peak RSS is read from ``/proc/self/status`` (``VmHWM``), not ``getrusage().ru_maxrss``: the child is
+started by ``subprocess`` (vfork + exec) from the server's process, and Linux carries the parent's RSS
+high-water mark into the child's ``ru_maxrss`` across exec, so ``ru_maxrss`` reported the server's peak
+(250-350 MB with the loaded objects) rather than the client's.
+
+The embedded server's EndpointSlice controller is not started unless ``--with-controller``: the bench's
+Services have no selector, so it has nothing to do, but its start-up resync (one reconcile per Service, each
+scanning every EndpointSlice: O(Services x EndpointSlices), minutes at N=10,000) would run, holding the
+store lock and the GIL, during the measurement.
+
+Run: ``python -m tests.bench.bench_informer [--n N] [--page-size P] [--page-sizes P1,P2,..] [--data FILE]``
+or through ``python -m tests.bench informer``. ``--data`` keeps the loaded objects in a SQLite file for the
+next run; ``--page-sizes`` adds an informer row per extra page size (0: unpaginated).
 """
 
 from __future__ import annotations
@@ -141,6 +153,15 @@ def _cpu_s() -> float:
 
 
 def _peak_rss_mb() -> float:
+    """This process's own RSS high-water mark (``VmHWM``). Not ``ru_maxrss``, which after fork/vfork + exec
+    keeps the parent's (here: the loaded server's) high-water mark when it is higher."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:  # pragma: no cover - not Linux
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
@@ -163,8 +184,12 @@ def _child_informer(url: str, page_size: int) -> dict[str, Any]:
     counts = {r.value: len(caches[r]) for r in res}
     src.stop()
     client.close()
+    from kr_core.watch import informer
+
+    parser = "orjson" if informer.loads is not informer._stdlib_loads else "json"
     return {"seconds": secs, "cpu_s": cpu, "unsynced": [r.value for r in unsynced], "counts": counts,
-            "rss_base_mb": base, "rss_retained_mb": _rss_mb() - base, "peak_rss_mb": _peak_rss_mb()}
+            "rss_base_mb": base, "rss_retained_mb": _rss_mb() - base, "peak_rss_mb": _peak_rss_mb(),
+            "parser": parser}
 
 
 def _child_models(url: str, page_size: int) -> dict[str, Any]:
@@ -203,6 +228,14 @@ def _child_models(url: str, page_size: int) -> dict[str, Any]:
 
 
 def _run_child(mode: str, url: str, page_size: int) -> dict[str, Any]:
+    """Run one measurement in a fresh child; add the server's (this process's) CPU seconds meanwhile."""
+    cpu0 = _cpu_s()
+    res = _run_child_only(mode, url, page_size)
+    res["server_cpu_s"] = _cpu_s() - cpu0
+    return res
+
+
+def _run_child_only(mode: str, url: str, page_size: int) -> dict[str, Any]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     out = subprocess.run(
@@ -225,27 +258,38 @@ def run(args: argparse.Namespace | None = None) -> dict[str, Any]:
     page_size = getattr(args, "page_size", None)
     page_size = 500 if page_size is None else page_size
     data = getattr(args, "data", None)
+    controller = bool(getattr(args, "with_controller", False))
+    sweep = [int(p) for p in str(getattr(args, "page_sizes", None) or "").split(",") if p.strip()]
     srv = ApiServer(data_path=data, host="127.0.0.1", port=0, bookmark_interval=30.0)
+    if not controller:
+        srv.controller.start = lambda: None  # type: ignore[method-assign]  # see the module docstring
     srv.start()
+    extra: list[tuple[int, dict[str, Any]]] = []
     try:
         load_s = _load(srv, n)
         inf = _run_child("informer", srv.url, page_size)
         mod = _run_child("models", srv.url, page_size)
+        for ps in sweep:
+            if ps != page_size:
+                extra.append((ps, _run_child("informer", srv.url, ps)))
     finally:
         srv.stop()
     want = {"Service": n, "EndpointSlice": n, "Pod": n}
-    for label, r in (("informer", inf), ("generated models", mod)):
+    for label, r in (("informer", inf), ("generated models", mod), *((f"informer page {p}", r) for p, r in extra)):
         got = {k: v for k, v in r["counts"].items()}
         if r["unsynced"] or any(got.get(k, 0) < v for k, v in want.items()):
             raise RuntimeError(f"{label}: incomplete cache: {got} (unsynced {r['unsynced']})")
     rows = []
-    for label, r in (("informer (raw JSON -> kr views)", inf), ("generated client models", mod)):
+    variants = [("informer (raw JSON -> kr views)", inf), ("generated client models", mod)]
+    variants += [(f"informer, page size {p or 'unpaginated'}", r) for p, r in extra]
+    for label, r in variants:
         rows.append({
             "variant": label,
             "objects": sum(r["counts"].values()),
             "sync s": round(r["seconds"], 2),
             "objects/s": round(sum(r["counts"].values()) / r["seconds"]),
             "client CPU s": round(r["cpu_s"], 2),
+            "server CPU s": round(r["server_cpu_s"], 2),
             "peak RSS MB": round(r["peak_rss_mb"], 1),
             "retained MB": round(r["rss_retained_mb"], 1),
         })
@@ -256,12 +300,15 @@ def run(args: argparse.Namespace | None = None) -> dict[str, Any]:
         "n": n,
         "endpoints_per_slice": ENDPOINTS_PER_SLICE,
         "page_size": page_size,
+        "json_parser": inf.get("parser", "json"),
+        "endpointslice_controller": "on" if controller else "off",
         "load_s": round(load_s, 2),
         "rows": rows,
         "informer_sync_s": inf["seconds"],
         "informer_peak_rss_mb": inf["peak_rss_mb"],
         "informer_retained_mb": inf["rss_retained_mb"],
         "informer_cpu_s": inf["cpu_s"],
+        "informer_server_cpu_s": inf["server_cpu_s"],
         "models_sync_s": mod["seconds"],
         "models_cpu_s": mod["cpu_s"],
         "models_peak_rss_mb": mod["peak_rss_mb"],
@@ -277,6 +324,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=10_000, help="objects of each kind (default 10000)")
     ap.add_argument("--page-size", type=int, default=500, help="list page size (0: no pagination)")
     ap.add_argument("--data", default=None, help="SQLite file to keep the loaded objects across runs")
+    ap.add_argument("--page-sizes", default="", help="extra informer runs at these page sizes, e.g. 250,1000,0")
+    ap.add_argument("--with-controller", action="store_true",
+                    help="run the server's EndpointSlice controller during the measurement")
     ap.add_argument("--child", choices=["informer", "models"], help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
