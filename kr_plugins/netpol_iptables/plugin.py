@@ -37,7 +37,7 @@ from kr_core.net.netpol import Desired, naming
 from .dataplane import Dataplane
 from .render import Options, Ruleset, render
 
-__version__ = "0.2.0"
+__version__ = "0.1.0"
 
 
 class Config(pydantic.BaseModel):
