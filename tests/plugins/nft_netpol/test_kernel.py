@@ -330,3 +330,48 @@ def test_raw_pod_chain_equals_the_libnftables_one():
         finally:
             w.close()
         assert "RAW" not in nft.run_text(f"list table inet {render.TABLE}")
+
+
+def probe6(src_ns: str, ip: str, port: int = 80, timeout: float = 0.6) -> bool:
+    import socket
+    with netns.in_netns(src_ns):
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        s.settimeout(timeout)
+        s.connect((ip, port))
+        return bool(s.recv(256))
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def test_dual_stack_one_table(make_cluster):
+    """IPv4 and IPv6 packets judged by the same chains: v6 map elements, v6 peer sets, v6 ipBlock intervals."""
+    c = make_cluster(flags={"enable-ipv6": True})
+    v6 = {}
+    netns.run(c.node_ns, ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], check=False)
+    netns.run(c.node_ns, ["ip", "-6", "addr", "add", "fd00:244::1/64", "dev", "kube-bridge", "nodad"])
+    for i, (key, p) in enumerate(sorted(c.pods.items())):
+        ip6 = f"fd00:244::{0x10 + i:x}"
+        v6[key] = ip6
+        pns = c.pod_ns[key]
+        netns.run(pns, ["ip", "-6", "addr", "add", f"{ip6}/64", "dev", "eth0", "nodad"])
+        netns.run(pns, ["ip", "-6", "route", "add", "default", "via", "fd00:244::1"])
+        c.responders.add(key + "/v6", pns, [("TCP", 80)], ipv6=True)
+        c.pods[key] = pod(p.meta.name, p.meta.namespace, [p.pod_ip, ip6], "node-1", dict(p.meta.labels))
+        c.update(c.pods[key])
+    c.apply_policy(ing("a-in", "x", A, [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]},
+                                        {"from": [{"ipBlock": {"cidr": "fd00:244::/64",
+                                                               "except": [v6["x/b"] + "/128", v6["y/a"] + "/128"]}}],
+                                         "ports": [{"port": 81}]}]))
+    a4, a6 = c.pods["x/a"].pod_ip, v6["x/a"]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and probe6(c.pod_ns["y/a"], a6):
+        time.sleep(0.1)
+    assert probe(c.pod_ns["x/b"], a4, 80, "TCP") and probe6(c.pod_ns["x/b"], a6)
+    assert not probe(c.pod_ns["y/a"], a4, 80, "TCP") and not probe6(c.pod_ns["y/a"], a6)
+    assert probe6(c.pod_ns["x/a"], v6["y/a"])  # x/a's egress is not isolated
+    text = nft_list(c)
+    assert f"{a6} : jump" in text and v6["x/b"] in text  # v6 map element, v6 peer set
+    assert "fd00:244::-fd00:244::10" in text  # the ipBlock minus its excepts, as intervals
