@@ -80,8 +80,10 @@ class Config(BaseModel):
 
 
 def _modprobe(*mods: str) -> None:
+    """Load kernel modules that are not loaded yet (an exec each, so only when missing)."""
     for m in mods:
-        subprocess.run(["modprobe", m], capture_output=True, check=False, timeout=30)
+        if not os.path.isdir(f"/sys/module/{m}"):
+            subprocess.run(["modprobe", m], capture_output=True, check=False, timeout=30)
 
 
 class Plugin:
@@ -122,6 +124,8 @@ class Plugin:
         self.timer: threading.Thread | None = None
         self.stopping = threading.Event()
         self.counters: Counter[str] = Counter({"netlink_messages": 0, "netlink_batches": 0})
+        self.timings: dict[str, float] = {}  # phases of the last full sync, seconds
+        self.adopt_ipvs_seconds = 0.0
 
     # ================================================================================ lifecycle
     @hookimpl
@@ -156,6 +160,7 @@ class Plugin:
         self.hc = HealthServers(self.cfg.healthcheck_address)
         t0 = time.perf_counter()
         self._adopt()
+        self.timings = {"adopt": round(time.perf_counter() - t0, 4), "adopt_ipvs_dump": self.adopt_ipvs_seconds}
         log.info("adopted %d virtual servers (%d owned by kr, %d foreign), %d VIPs, iptables %s in %.2fs",
                  len(self.committed) + len(self.foreign), len(self.committed), len(self.foreign), len(self.vips),
                  self.fw.modes, time.perf_counter() - t0)
@@ -167,7 +172,9 @@ class Plugin:
         """Read what a previous run left (no flush): IPVS, dummy addresses, sets."""
         assert self.ipvs and self.host and self.fw
         owned = self._read_owned()
+        t0 = time.perf_counter()
         kernel = self.ipvs.dump()
+        self.adopt_ipvs_seconds = round(time.perf_counter() - t0, 4)
         for k, (params, dests) in kernel.items():
             if k in owned:
                 self.committed[k] = (params, dests)
@@ -322,6 +329,8 @@ class Plugin:
 
     def _full_sync(self, reason: str) -> None:
         assert self.ctx is not None and self.ipvs and self.fw
+        tm = self.timings = {}
+        t = time.perf_counter()
         self.node = self._node_info()
         keys = set(self.ctx.caches.services.keys()) | set(self.models)
         self.models = {}
@@ -344,14 +353,19 @@ class Plugin:
                 self.committed[k] = self.foreign.pop(k)
         p = plan(self.committed, desired.vservers, graceful=bool(self._settings("ipvs-graceful-termination")),
                  excluded_cidrs=self.excluded)
+        t = _lap(tm, "model", t)
         self._apply(p.ops, desired.vservers, bulk=True)
         self._drain(p.drain)
+        t = _lap(tm, "ipvs", t)
         self._sync_vips({v for m in self.models.values() for v in m.vips})
         self.vip_refs = Counter(v for m in self.models.values() for v in m.vips)
+        t = _lap(tm, "vips", t)
         self._sync_firewall(desired, full=True, periodic=reason == "periodic")
+        t = _lap(tm, "firewall", t)
         assert self.hc is not None
         self.hc.sync(desired.healthchecks())
         self._after_apply()
+        _lap(tm, "rest", t)
         log.info("sync (%s): %d Services, %d virtual servers, %d destinations; %d IPVS ops sent%s",
                  reason, len(self.models), len(self.committed), sum(len(d) for _, d in self.committed.values()),
                  len(p.ops), f", {len(p.kept)} kept (--excluded-cidrs)" if p.kept else "")
@@ -400,11 +414,12 @@ class Plugin:
         self.counters["netlink_messages"] += res.sent
         self.counters["netlink_batches"] += res.batches
 
-    def _after_apply(self) -> None:
+    def _after_apply(self, owners_changed: bool = True) -> None:
         self._write_owned()
         if self.metrics:
             self.metrics.services.set(len(self.committed))
-            self.metrics.owners({k: tuple(s.split("/", 1)) for k, s in self.owner.items()})  # type: ignore[misc]
+            if owners_changed:  # O(virtual servers): not on the endpoint-change path
+                self.metrics.owners({k: tuple(s.split("/", 1)) for k, s in self.owner.items()})  # type: ignore[misc]
 
     # ---------------------------------------------------------------------------------- VIPs and routes
     def _sync_vips(self, want: set[tuple[int, str]]) -> None:
@@ -560,7 +575,7 @@ class Plugin:
             self.hc.sync(Desired.build(self.models.values()).healthchecks())
         if p.ops or new.vips != old.vips:
             log.info("Service %s: %s", key, _describe(p.ops) or "VIPs updated")
-        self._after_apply()
+        self._after_apply(owners_changed=set(old.vservers) != set(new.vservers))
 
     # ================================================================================ graceful termination
     def _drain(self, drain: list[tuple[VKey, tuple[str, int]]]) -> None:
@@ -621,9 +636,16 @@ class Plugin:
             "summary": {"services": len(self.models), "virtual_servers": len(self.committed),
                         "destinations": sum(len(d) for _, d in self.committed.values()), "vips": len(self.vips),
                         "foreign_virtual_servers": len(self.foreign), "draining": len(self.graceful),
-                        "iptables": self.fw.modes if self.fw else {}, **self.counters},
+                        "iptables": self.fw.modes if self.fw else {}, **self.counters,
+                        "last_sync_seconds": self.timings},
             "items": items,
         }
+
+
+def _lap(timings: dict[str, float], name: str, t0: float) -> float:
+    t = time.perf_counter()
+    timings[name] = round(t - t0, 4)
+    return t
 
 
 def _describe(ops: list[Op]) -> str:

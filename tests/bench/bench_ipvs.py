@@ -1,0 +1,247 @@
+"""IPVS proxy benchmark (runs inside the UML VM; from the host it boots one VM and runs itself there).
+
+All numbers are measured in the same VM run, each load in a fresh network namespace (so the kernel's
+dest trash of one phase cannot slow the next), and reported as ratios to the floor of
+``../shared/tools/ipvs_floor.py`` on the same objects (N Services x 10 endpoints = 11 N IPVS objects):
+
+* cold sync: the plugin's ``sync("initial")`` from filled caches to the kernel (models, IPVS, VIPs on
+  kube-dummy-if + local routes, ipsets, chains) vs ``ipvs_floor.py load N noack 1000``; the IPVS phase on
+  its own too. Goal: <= 4x the floor. ``ipvsadm-restore`` of the same objects alongside.
+* one endpoint change with N Services present: event-to-kernel p50/p99 (the hook call, which applies
+  synchronously) and the netlink messages each change sent (a replaced endpoint = 1 del + 1 add).
+  Goal: p99 <= 5 ms, exactly the messages needed.
+* periodic sync with nothing changed: messages sent (goal 0) and its duration.
+* adoption: a second plugin instance's ``start`` (dump + parse of all virtual servers and destinations)
+  vs ``ipvs_floor.py dump``; then its initial sync must send nothing. Agent RSS at that scale (goal
+  <= 300 MB).
+
+Usage: ``python -m tests.bench ipvs [--n N]`` (default N = 10,000; ``--n 1000`` for a quick run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+FLOOR = "/work/shared/tools/ipvs_floor.py"
+DEFAULT_N = 10_000
+EPS = 10
+
+
+def _in_vm() -> bool:
+    return os.environ.get("KR_IN_VM") == "1"
+
+
+def run(args: argparse.Namespace | None = None) -> dict[str, Any]:
+    n = getattr(args, "n", None) or DEFAULT_N
+    if _in_vm():
+        return measure(n)
+    from kr_core.lab.vm import run_in_vm
+    from kr_core.lab.vmtest import repo_root
+
+    with tempfile.TemporaryDirectory(prefix="kr-bench-ipvs.") as out:
+        res = Path(out) / "result.json"
+        rc = run_in_vm([sys.executable, "-m", "tests.bench.bench_ipvs", "--n", str(n), "--json", str(res)],
+                       cwd=repo_root(), out_dir=out, timeout=1800, stream=sys.stderr)
+        if rc != 0 or not res.exists():
+            raise RuntimeError(f"benchmark in the VM failed (exit {rc})")
+        return json.loads(res.read_text())
+
+
+# ------------------------------------------------------------------------------------------ in the VM
+
+def sh(cmd: str) -> str:
+    return subprocess.run(cmd, shell=True, check=True, capture_output=True, text=True).stdout
+
+
+def floor(ns: str, *args: str) -> float:
+    out = sh(f"ip netns exec {ns} {sys.executable} {FLOOR} {' '.join(args)}")
+    line = next(ln for ln in out.splitlines() if ln.startswith("RESULT"))
+    return float(line.split()[2])
+
+
+def vip(i: int) -> str:
+    return f"10.96.{(i >> 8) & 255}.{i & 255}"
+
+
+def rip(k: int) -> str:
+    k += 1
+    return f"10.{128 + (k >> 16)}.{(k >> 8) & 255}.{k & 255}"
+
+
+def objects(n: int) -> list[Any]:
+    """The floor's objects as Kubernetes objects: N ClusterIP Services 10.96.x.y:80/TCP, each with one
+    EndpointSlice of 10 ready endpoints 10.128+.x.y:8080 on other nodes."""
+    from kr_core.model import Node, Service
+
+    out: list[Any] = [Node.from_json({"metadata": {"name": "node-1"}, "spec": {"podCIDR": "10.244.1.0/24"},
+                                      "status": {"addresses": [{"type": "InternalIP", "address": "192.168.60.1"}]}})]
+    for i in range(n):
+        name = f"s{i}"
+        out.append(Service.from_json({"metadata": {"name": name, "namespace": "bench"},
+                                      "spec": {"clusterIP": vip(i), "ports": [{"name": "p", "port": 80, "protocol": "TCP"}]}}))
+        out.append(slice_(name, [rip(i * EPS + j) for j in range(EPS)]))
+    return out
+
+
+def slice_(name: str, addrs: list[str]) -> Any:
+    from kr_core.model import EndpointSlice
+
+    return EndpointSlice.from_json({
+        "metadata": {"name": f"{name}-x", "namespace": "bench", "labels": {"kubernetes.io/service-name": name}},
+        "addressType": "IPv4", "endpoints": [{"addresses": [a], "nodeName": "node-2"} for a in addrs],
+        "ports": [{"name": "p", "port": 8080, "protocol": "TCP"}]})
+
+
+def ipvsadm_input(n: int) -> str:
+    lines = []
+    for i in range(n):
+        lines.append(f"-A -t {vip(i)}:80 -s rr")
+        lines += [f"-a -t {vip(i)}:80 -r {rip(i * EPS + j)}:8080 -m -w 1" for j in range(EPS)]
+    return "\n".join(lines) + "\n"
+
+
+def rss_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def measure(n: int) -> dict[str, Any]:
+    from kr_core.events import EventType
+    from kr_core.model import Resource
+    from kr_core.net import netns
+    from tests.plugins.ipvs_proxy.vmkit import Proxy
+
+    for m in ("ip_vs", "ip_vs_rr"):
+        subprocess.run(["modprobe", m], check=True)
+    r: dict[str, Any] = {"n_services": n, "ipvs_objects": n * (EPS + 1)}
+
+    # -------------------------------------------------------------- floor (load + dump), own namespace
+    with netns.temporary("kr-floor") as ns:
+        r["floor_load_s"] = floor(ns, "load", str(n), "noack", "1000")
+        r["floor_dump_s"] = floor(ns, "dump")
+        floor(ns, "flush")
+
+    # -------------------------------------------------------------- ipvsadm-restore, own namespace
+    with netns.temporary("kr-ipvsadm") as ns, tempfile.NamedTemporaryFile("w", suffix=".ipvs") as f:
+        f.write(ipvsadm_input(n))
+        f.flush()
+        t0 = time.perf_counter()
+        sh(f"ip netns exec {ns} sh -c 'ipvsadm-restore < {f.name}'")
+        r["ipvsadm_restore_s"] = round(time.perf_counter() - t0, 3)
+
+    # -------------------------------------------------------------- the plugin
+    objs = objects(n)
+    r["rss_mb_objects_built"] = round(rss_mb(), 1)
+    state = tempfile.mkdtemp(prefix="kr-bench-state.")
+    with netns.temporary("kr-bench") as ns:
+        sh(f"ip -n {ns} link add eth0 type dummy && ip -n {ns} addr add 192.168.60.1/24 dev eth0 && "
+           f"ip -n {ns} link set eth0 up")
+        p = Proxy(ns, state, objs)
+        p.call(p.caller.configure, p.ctx)
+        p.feed.start(p.caches, lambda ev: p.call(p.caller.deliver, ev))
+        p.call(p.caller.start, p.ctx)
+        t0 = time.perf_counter()
+        p.sync("initial")
+        r["cold_sync_s"] = round(time.perf_counter() - t0, 3)
+        st = p.state()["summary"]
+        r["cold_sync_phases_s"] = st["last_sync_seconds"]
+        r["cold_sync_netlink_messages"] = st["netlink_messages"]
+        r["cold_sync_netlink_batches"] = st["netlink_batches"]
+        assert st["virtual_servers"] == n and st["destinations"] == n * EPS, st
+        r["rss_mb_after_cold_sync"] = round(rss_mb(), 1)
+
+        # one endpoint change, N Services present
+        lat: list[float] = []
+        msgs: list[int] = []
+        plugin = p.plugin
+        deliver = p.caller.deliver
+        with netns.in_netns(ns):
+            for rep in range(200):
+                i = (rep * 7919) % n
+                addrs = [rip(i * EPS + j) for j in range(EPS)]
+                addrs[rep % EPS] = f"10.250.{rep >> 8}.{rep & 255}"
+                before = plugin.counters["netlink_messages"]
+                store = p.caches.stores[Resource.ENDPOINTSLICE]
+                t0 = time.perf_counter()
+                ev = store.apply(EventType.MODIFIED, slice_(f"s{i}", addrs))
+                deliver(ev)
+                lat.append(time.perf_counter() - t0)
+                msgs.append(plugin.counters["netlink_messages"] - before)
+                # put it back (not timed)
+                ev = store.apply(EventType.MODIFIED, slice_(f"s{i}", [rip(i * EPS + j) for j in range(EPS)]))
+                deliver(ev)
+        lat.sort()
+        r["endpoint_change_p50_ms"] = round(statistics.median(lat) * 1e3, 3)
+        r["endpoint_change_p99_ms"] = round(lat[int(len(lat) * 0.99) - 1] * 1e3, 3)
+        r["endpoint_change_max_ms"] = round(lat[-1] * 1e3, 3)
+        r["endpoint_change_messages"] = sorted(set(msgs))
+
+        # periodic sync, nothing changed
+        before = plugin.counters["netlink_messages"]
+        t0 = time.perf_counter()
+        p.sync("periodic")
+        r["periodic_sync_s"] = round(time.perf_counter() - t0, 3)
+        r["periodic_sync_messages"] = plugin.counters["netlink_messages"] - before
+        p.stop()
+
+        # adoption by a new instance (restart)
+        p2 = Proxy(ns, state, objs)
+        p2.call(p2.caller.configure, p2.ctx)
+        p2.feed.start(p2.caches, lambda ev: p2.call(p2.caller.deliver, ev))
+        t0 = time.perf_counter()
+        p2.call(p2.caller.start, p2.ctx)
+        r["adopt_start_s"] = round(time.perf_counter() - t0, 3)
+        r["adopt_s"] = p2.plugin.timings["adopt"]  # IPVS dump + parse, dummy addresses, ipsets
+        r["adopt_ipvs_dump_s"] = p2.plugin.timings["adopt_ipvs_dump"]  # IPVS dump + parse only
+        t0 = time.perf_counter()
+        p2.sync("initial")
+        r["adopt_initial_sync_s"] = round(time.perf_counter() - t0, 3)
+        r["adopt_initial_sync_messages"] = p2.plugin.counters["netlink_messages"]
+        r["rss_mb_agent_after_adoption"] = round(rss_mb(), 1)
+        p2.call(p2.caller.cleanup)
+        p2.stop()
+    r["rss_mb_peak"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+    ipvs_s = r["cold_sync_phases_s"].get("ipvs", 0.0)
+    r["ratio_cold_sync_vs_floor"] = round(r["cold_sync_s"] / r["floor_load_s"], 2)
+    r["ratio_cold_sync_ipvs_phase_vs_floor"] = round(ipvs_s / r["floor_load_s"], 2)
+    r["ratio_ipvsadm_restore_vs_floor"] = round(r["ipvsadm_restore_s"] / r["floor_load_s"], 1)
+    r["ratio_adopt_vs_floor_dump"] = round(r["adopt_ipvs_dump_s"] / r["floor_dump_s"], 2)
+    r["goals"] = {
+        "cold_sync <= 4x floor": r["ratio_cold_sync_vs_floor"] <= 4,
+        "endpoint change p99 <= 5 ms": r["endpoint_change_p99_ms"] <= 5,
+        "endpoint change sends exactly 2 messages": r["endpoint_change_messages"] == [2],
+        "periodic sync, nothing changed: 0 messages": r["periodic_sync_messages"] == 0,
+        "restart: initial sync sends 0 messages": r["adopt_initial_sync_messages"] == 0,
+        "RSS <= 300 MB": r["rss_mb_peak"] <= 300,
+    }
+    return r
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=DEFAULT_N)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+    res = run(a)
+    text = json.dumps(res, indent=2)
+    print(text, flush=True)
+    if a.json:
+        Path(a.json).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
