@@ -6,6 +6,18 @@ from collections.abc import Iterator
 
 import pytest
 
+if os.environ.get("KR_IN_VM") != "1" and not os.environ.get("KR_GOBGP_STUBS_DIR"):
+    # the VM runner passes the environment (not HOME) to the guest: point the guest at the host's stub cache,
+    # which it sees read-only, and make sure the stubs exist before a VM boots
+    from kr_plugins.bgp_routing.stubs import StubsError, cache_root, load
+
+    os.environ["KR_GOBGP_STUBS_DIR"] = str(cache_root())
+    if os.geteuid() == 0 and shutil.which("gobgpd"):
+        try:
+            load()
+        except StubsError:
+            pass  # need_bgp_tools() skips with the reason
+
 
 def need_bgp_tools() -> None:
     if os.geteuid() != 0:
