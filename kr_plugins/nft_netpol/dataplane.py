@@ -311,6 +311,12 @@ class Dataplane:
         self.known = False
         return present
 
+    def close(self) -> None:
+        """Close the raw netlink socket (the table stays)."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
     def delete(self) -> bool:
         """Remove the table (cleanup)."""
         gone = self.nft.delete_table(render.FAMILY, render.TABLE)

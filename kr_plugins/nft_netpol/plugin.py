@@ -201,7 +201,9 @@ class Plugin:
 
     @hookimpl
     def stop(self) -> None:
-        """The table stays: the next agent adopts it."""
+        """The table stays: the next agent adopts it. Only the raw netlink socket is closed."""
+        if self.dp is not None:
+            self.dp.close()
 
     # ----------------------------------------------------------------------------------- internals
     def options(self) -> Options:

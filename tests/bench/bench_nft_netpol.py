@@ -6,7 +6,10 @@ Everything runs in throwaway network namespaces; the plugin is driven in-process
 * full sync: ``sync("initial")`` (model build + render + one transaction replacing the table, + removal of
   any iptables-backend state) and ``sync("periodic")`` (the same rebuild and atomic replace, the repair
   pass) vs the **floor**: ``nft -f`` of exactly the table kr generated (``nft list table`` of the result)
-  into a fresh namespace. Goal <= 1.2x.
+  into a fresh namespace. Goal <= 1.2x. Also the backend's own share, render from scratch + the replacing
+  transaction into a fresh namespace, against the same floor (min of 3 each): the rest of a full sync is the shared model
+  (kr_core.net.netpol.Desired.build), the same for both backends. Plus the same render + transaction
+  replacing the table in place (what the periodic repair pass sends).
 * pod add that 50 policies select, event-to-enforced (the hook's duration: model, render, transaction; the
   events run on one thread in the node's namespace, as on the agent's plugin worker):
   a remote client pod (element additions only) and a local one (its chain, its map element, its set
@@ -30,6 +33,7 @@ from kr_core.net import netns
 from tests.bench.bench_netpol import NODE, Driver, _pct, _pod, world
 
 PLUGIN = "nft_netpol"
+REPEAT = 3
 
 
 def _floor(table_text: str) -> float:
@@ -85,17 +89,35 @@ def run_nft(objs: list, res: dict[str, Any]) -> dict[str, Any]:
         d.call(d.caller.sync, "periodic")
         periodic = time.perf_counter() - t0
         text = netns.run(node_ns, ["nft", "list", "table", "inet", "kube-router-netpol"]).stdout
-        floor = _floor(text)
+        floor = min(_floor(text) for _ in range(REPEAT))
         # the backend's own share of a full sync: render from scratch + one transaction replacing the table
         from kr_plugins.nft_netpol.render import Renderer
         p = d.plugin
         opts = p.options()
-        r0 = time.perf_counter()
-        rs = Renderer().render(p.desired, opts)
-        r1 = time.perf_counter()
+        from kr_plugins.nft_netpol.dataplane import Dataplane
+        best = (1e9, 0.0, 0.0)
+        for _ in range(REPEAT):  # min of a few: the host's noise only ever adds
+            with netns.temporary("krf") as fresh:  # where the floor runs too: a namespace without the table
+                fdp = netns.call_in(fresh, Dataplane)
+
+                def once(dp: Dataplane) -> tuple[float, float, float]:
+                    r0 = time.perf_counter()
+                    rs = Renderer().render(p.desired, opts)
+                    r1 = time.perf_counter()
+                    dp.apply(rs)
+                    return r0, r1, time.perf_counter()
+
+                r0, r1, r2 = netns.call_in(fresh, once, fdp)
+                if fdp.writer is not None:
+                    fdp.writer.close()
+            if r2 - r0 < best[0]:
+                best = (r2 - r0, r1 - r0, r2 - r1)
+        # and the same replacing the table in place (the periodic repair pass)
+        t0 = time.perf_counter()
         p.dp.known = False
-        d.call(p.dp.apply, rs)
-        r2 = time.perf_counter()
+        d.call(p.dp.apply, Renderer().render(p.desired, opts))
+        replace_s = time.perf_counter() - t0
+        r0, r1, r2 = 0.0, best[1], best[1] + best[2]
         # a no-change diff pass (what an event that changes nothing costs: rebuild + render + compare)
         t0 = time.perf_counter()
         d.call(d.plugin._rebuild, "bench: no-change rebuild")
@@ -110,6 +132,7 @@ def run_nft(objs: list, res: dict[str, Any]) -> dict[str, Any]:
                             "no_change_rebuild_s": round(nochange, 3),
                             "model_build_s": round(max(0.0, nochange - (r1 - r0)), 3),
                             "render_s": round(r1 - r0, 3), "transaction_s": round(r2 - r1, 3),
+                            "render_plus_replace_in_place_s": round(replace_s, 3),
                             "render_plus_transaction_ratio": round((r2 - r0) / floor, 2)}
         out["pod_add_50_policies_remote"] = pod_adds(d, 300, local=False) | {"goal_p99_ms": 5}
         out["pod_add_50_policies_local"] = pod_adds(d, 20, local=True) | {"goal_p99_ms": 5}
