@@ -227,22 +227,31 @@ def _pod_chain(pod: LocalPod, names: tuple[tuple[str, str], ...], family: int, o
     return tuple(rules)
 
 
+@functools.lru_cache(maxsize=16384)
+def _pod_jumps(pod: LocalPod, family: int) -> tuple[str, tuple[str, str], tuple[str, str]] | None:
+    """The jumps into one pod's chain: (INPUT, FORWARD pair, OUTPUT pair), memoised per pod."""
+    ips = pod.ips_of(family)
+    if not ips:
+        return None
+    chain = naming.pod_chain(pod.namespace, pod.name)
+    c = _comment(f"rule to jump traffic from POD name:{pod.name} namespace: {pod.namespace} to chain {chain}")
+    d = _comment(f"rule to jump traffic destined to POD name:{pod.name} namespace: {pod.namespace} to chain {chain}")
+    src = _r(*c, "-s", ips[0], "-j", chain)
+    dst = _r(*d, "-d", ips[0], "-j", chain)
+    return src, (dst, src), (dst, src)
+
+
 def top_chains(local: Sequence[LocalPod], family: int, opts: Options) -> dict[str, list[str]]:
     inp = input_whitelist(opts, family)
     fwd: list[str] = []
     out: list[str] = []
     for pod in local:
-        ips = pod.ips_of(family)
-        if not ips:
+        j = _pod_jumps(pod, family)
+        if j is None:
             continue
-        chain = naming.pod_chain(pod.namespace, pod.name)
-        c = _comment(f"rule to jump traffic from POD name:{pod.name} namespace: {pod.namespace} to chain {chain}")
-        d = _comment(f"rule to jump traffic destined to POD name:{pod.name} namespace: {pod.namespace} to chain {chain}")
-        inp.append(_r(*c, "-s", ips[0], "-j", chain))
-        fwd.append(_r(*d, "-d", ips[0], "-j", chain))
-        fwd.append(_r(*c, "-s", ips[0], "-j", chain))
-        out.append(_r(*d, "-d", ips[0], "-j", chain))
-        out.append(_r(*c, "-s", ips[0], "-j", chain))
+        inp.append(j[0])
+        fwd.extend(j[1])
+        out.extend(j[2])
     tail = [_r("-j", naming.TAIL_CHAIN),
             _r(*_comment("rule to explicitly ACCEPT traffic that comply to network policies"),
                "-m", "mark", "--mark", MARK_OK, "-j", "ACCEPT")]
@@ -274,8 +283,10 @@ def render(desired: Desired, family: int, opts: Options) -> Ruleset:
         for name in sorted(existing):
             s = desired.sets[name]
             if s.family == family:
-                rs.sets[name] = IpSet(name, s.type, IPSET_FAMILY[family], tuple(sorted(s.entries)),
-                                      tuple(sorted(s.nomatch)))
+                if s.rendered is None:  # cleared by Desired whenever a member changes
+                    s.rendered = IpSet(name, s.type, IPSET_FAMILY[family], tuple(sorted(s.entries)),
+                                       tuple(sorted(s.nomatch)))
+                rs.sets[name] = s.rendered
     for pod in local:
         rs.chains[naming.pod_chain(pod.namespace, pod.name)] = pod_chain(pod, desired, family, opts)
     rs.chains.update(top_chains(local, family, opts))

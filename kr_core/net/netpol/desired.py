@@ -11,6 +11,7 @@ Both network-policy backends (iptables + ipset, nftables) build their rules from
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -35,6 +36,11 @@ from .model import (
 )
 
 _PLACEHOLDER = {4: "0.0.0.1", 6: "::1"}
+
+
+@functools.lru_cache(maxsize=16384)
+def _static_names(cp: CompiledPolicy) -> frozenset[str]:
+    return frozenset(s.name for s in static_sets(cp))
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +252,7 @@ class Desired:
             refs[m.ip] += 1
             if refs[m.ip] == 1:
                 s.entries.add(m.ip)
+                s.rendered = None
                 added.append(m)
             if m.group is not None:
                 gc = self.groups.setdefault(m.policy, Counter())
@@ -266,6 +273,7 @@ class Desired:
                 s = self.sets.get(m.set_name)
                 if s is not None:
                     s.entries.discard(m.ip)
+                    s.rendered = None
                 removed.append(m)
             if m.group is not None:
                 gc = self.groups.get(m.policy)
@@ -304,7 +312,7 @@ class Desired:
     def sets_of(self, key: str) -> set[str]:
         """Names of the sets the rules of policy ``key`` reference (static sets + existing named-port sets)."""
         cp = self.policies[key]
-        names = {s.name for s in static_sets(cp)}
+        names = set(_static_names(cp))
         for g in self.groups_of(key):
             names.update(cp.named_port_set(g, f) for f in cp.families)
         return {n for n in names if n in self.sets}

@@ -407,6 +407,7 @@ class SetContent:
     type: str = "hash:ip"
     entries: set[str] = field(default_factory=set)
     nomatch: set[str] = field(default_factory=set)
+    rendered: Any = field(default=None, compare=False)  # a backend's rendering, cleared when members change
 
 
 def static_sets(cp: CompiledPolicy) -> Iterator[SetContent]:
