@@ -116,31 +116,44 @@ def build(inp: PolicyInputs) -> Policies:
     def usable(*names: str) -> bool:
         return all(not sets[n].empty for n in names)
 
+    def peers(base: str, fam: int) -> str | None:
+        """The neighbor set for routes of ``fam``: that family's set, else the other one's. kube-router runs one
+        session per peer over its primary family carrying both AFIs, so IPv6 routes go to IPv4 neighbors."""
+        for f in (fam, 10 - fam):
+            if usable(v(base, f)):
+                return v(base, f)
+        return None
+
     ext_actions = dict(next_hop_self=inp.override_nexthop, communities=inp.communities,
                        prepend_asn=inp.prepend_asn if inp.prepend_repeat else None,
                        prepend_repeat=inp.prepend_repeat if inp.prepend_asn else 0)
     export: list[Statement] = []
     for fam in (4, 6):
-        if inp.enable_ibgp and usable(v(POD_CIDR_SET, fam), v(IBGP_PEER_SET, fam)):
-            export.append(Statement(v(POD_CIDR_SET, fam), v(IBGP_PEER_SET, fam), "accept"))
+        nb = peers(IBGP_PEER_SET, fam)
+        if inp.enable_ibgp and usable(v(POD_CIDR_SET, fam)) and nb:
+            export.append(Statement(v(POD_CIDR_SET, fam), nb, "accept"))
     for fam in (4, 6):
-        if usable(v(SERVICE_VIP_SET, fam), v(EXTERNAL_PEER_SET, fam)):
-            export.append(Statement(v(SERVICE_VIP_SET, fam), v(EXTERNAL_PEER_SET, fam), "accept", **ext_actions))
+        nb = peers(EXTERNAL_PEER_SET, fam)
+        if usable(v(SERVICE_VIP_SET, fam)) and nb:
+            export.append(Statement(v(SERVICE_VIP_SET, fam), nb, "accept", **ext_actions))
     if inp.advertise_pod_cidr:
         for fam in (4, 6):
-            if usable(v(POD_CIDR_SET, fam), v(EXTERNAL_PEER_SET, fam)):
-                export.append(Statement(v(POD_CIDR_SET, fam), v(EXTERNAL_PEER_SET, fam), "accept", **ext_actions))
+            nb = peers(EXTERNAL_PEER_SET, fam)
+            if usable(v(POD_CIDR_SET, fam)) and nb:
+                export.append(Statement(v(POD_CIDR_SET, fam), nb, "accept", **ext_actions))
     import_: list[Statement] = []
     for fam in (4, 6):
-        if usable(v(SERVICE_VIP_SET, fam), v(ALL_PEER_SET, fam)):
-            import_.append(Statement(v(SERVICE_VIP_SET, fam), v(ALL_PEER_SET, fam), "reject"))
+        nb = peers(ALL_PEER_SET, fam)
+        if usable(v(SERVICE_VIP_SET, fam)) and nb:
+            import_.append(Statement(v(SERVICE_VIP_SET, fam), nb, "reject"))
     for fam in (4, 6):
-        if usable(v(ALL_PEER_SET, 4)) or usable(v(ALL_PEER_SET, 6)):
-            import_.append(Statement(v(DEFAULT_ROUTE_SET, fam), v(ALL_PEER_SET, 4 if usable(v(ALL_PEER_SET, 4)) else 6),
-                                     "reject"))
+        nb = peers(ALL_PEER_SET, fam)
+        if nb:
+            import_.append(Statement(v(DEFAULT_ROUTE_SET, fam), nb, "reject"))
     for fam in (4, 6):
-        if usable(v(CUSTOM_IMPORT_REJECT_SET, fam), v(ALL_PEER_SET, fam)):
-            import_.append(Statement(v(CUSTOM_IMPORT_REJECT_SET, fam), v(ALL_PEER_SET, fam), "reject"))
+        nb = peers(ALL_PEER_SET, fam)
+        if usable(v(CUSTOM_IMPORT_REJECT_SET, fam)) and nb:
+            import_.append(Statement(v(CUSTOM_IMPORT_REJECT_SET, fam), nb, "reject"))
     return Policies(sets=sets, export=tuple(export), import_=tuple(import_))
 
 

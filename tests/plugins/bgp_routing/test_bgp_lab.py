@@ -90,3 +90,19 @@ def test_lab_pod_routing_bird_restart_delete(netlab_factory) -> None:  # type: i
             os.kill(bird.pid, signal.SIGKILL)
             bird.wait(5)
         kr_lab("down", "--name", name, check=False)
+
+
+def test_lab_dual_stack(netlab_factory) -> None:  # type: ignore[no-untyped-def]
+    """IPv6 pod CIDRs ride the IPv4 sessions (kube-router: one session per peer carrying both AFIs)."""
+    name = unique("six")
+    cfg = Path(tempfile.mkdtemp(prefix="krbgp-lab-")) / "kr.yaml"
+    cfg.write_text('bgp_routing:\n  cni_conf_file: "{state_dir}/10-kuberouter.conf"\n')
+    try:
+        kr_lab("up", "--name", name, "--nodes", "2", "--ipv6", "--plugins", "bgp_routing", "--config", str(cfg))
+        apply(name, pod_manifest("a", node="node-1"), pod_manifest("b", node="node-2"))
+        wait_running(name, ["default/a", "default/b"])
+        for fam in ("4", "6"):
+            wait_for(lambda f=fam: kr_lab("probe", "--name", name, "default/a", "default/b", "80", "--family", f,
+                                          "--timeout", "1", check=False).returncode == 0, 30, f"IPv{fam} a -> b")
+    finally:
+        kr_lab("down", "--name", name, check=False)

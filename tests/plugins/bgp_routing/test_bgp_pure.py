@@ -371,3 +371,9 @@ def test_overlay_decision() -> None:
     assert decide("10.0.0.2", InjectConfig(node_ip4="10.0.0.1", local_subnets=("10.0.0.0/24",),
                                            overlay_type="full")) == "tunnel"
     assert vxlan_vni("10.0.0.1", "10.0.1.2") == vxlan_vni("10.0.1.2", "10.0.0.1")
+
+
+def test_dual_stack_routes_go_to_ipv4_sessions() -> None:
+    p = build(PolicyInputs(pod_cidrs=("10.1.0.0/24", "fd00:1::/64"), ibgp_peers=("10.0.0.2",)))
+    assert [(s.prefix_set, s.neighbor_set) for s in p.export] == [("podcidrdefinedset", "iBGPpeerset"),
+                                                                  ("podcidrdefinedsetv6", "iBGPpeerset")]
