@@ -37,6 +37,18 @@ def test_ibgp_full_mesh_pod_to_pod(netlab_factory) -> None:  # type: ignore[no-u
     assert "kube-router: allow traffic from kube-bridge" in fwd
     cni = (lab.tmp / n1.name / "10-kuberouter.conf").read_text()
     assert n1.pod_cidr in cni
+    # kube-router's metric names
+    from prometheus_client import generate_latest
+
+    assert n1.agent is not None
+    text = generate_latest(n1.agent.metrics.registry).decode()
+    assert f'kube_router_bgp_peer_info{{address="{n2.ip}",asn="64512",state="ESTABLISHED",type="internal"}} 1.0' in text
+    for name in ("kube_router_controller_bgp_advertisements_received_total",
+                 'kube_router_controller_bgp_advertisements_sent_total{type="pod-route"}',
+                 "kube_router_controller_bgp_internal_peers_sync_time_count", "kube_router_controller_routes_sync_time",
+                 "kube_router_host_routes_sync_time_count", "kube_router_host_routes_synced 1.0",
+                 "kube_router_host_routes_added_total", "kube_router_controller_bgp_peers 1.0"):
+        assert name in text, name
 
 
 def lab_ipset(node) -> str:  # type: ignore[no-untyped-def]

@@ -1,0 +1,40 @@
+"""Config validation of the bgp_routing plugin (exit-2 errors naming the flag or key)."""
+
+from __future__ import annotations
+
+import pytest
+
+from kr_core.agent import Agent
+from kr_core.config import ConfigError, Settings
+from kr_core.plugins import from_classes, validate_plugin_config
+from kr_core.watch import FeedSource
+from kr_plugins.bgp_routing.plugin import Plugin
+
+
+def configure(**flags: object) -> Agent:
+    agent = Agent(Settings({"hostname-override": "n", **flags}), from_classes([Plugin]), {}, FeedSource([]),
+                  serve_http=False, state_dir="/tmp/kr-bgp-config-test")
+    agent.configure()
+    return agent
+
+
+@pytest.mark.parametrize(("flags", "path"), [
+    ({"overlay-encap": "gre"}, "bgp_routing.overlay-encap"),
+    ({"overlay-type": "mesh"}, "bgp_routing.overlay-type"),
+    ({"cluster-asn": 100}, "bgp_routing.cluster-asn"),
+    ({"peer-router-ips": ["10.0.0.1"], "peer-router-asns": [23456]}, "bgp_routing.peer-router-ips"),
+    ({"peer-router-ips": ["10.0.0.1", "10.0.0.2"], "peer-router-asns": [65000]}, "bgp_routing.peer-router-ips"),
+    ({"overlay-encap": "fou", "overlay-encap-port": 80}, "bgp_routing.overlay-encap-port"),
+])
+def test_bad_flags(flags: dict, path: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ConfigError) as e:
+        configure(**flags)
+    assert e.value.path == path
+
+
+def test_good_flags_and_section() -> None:
+    configure(**{"overlay-encap": "vxlan", "cluster-asn": 65001, "peer-router-ips": ["10.0.0.1"],
+                 "peer-router-asns": [65000]})
+    with pytest.raises(Exception, match="Extra inputs"):
+        validate_plugin_config(Plugin.info, {"socket_path": "/x"})
+    assert validate_plugin_config(Plugin.info, {"netns": "x"}).netns == "x"
