@@ -5,8 +5,10 @@ Why: libnftables fetches the definitions of every set and chain of the ruleset b
 input slower than text), most of it listing. The hot path of a network-policy backend is exactly that:
 a pod appears, its address goes into a few sets (and, for a local pod, its own chain is created). This
 module encodes only those messages: set and verdict-map elements (``NFT_MSG_NEWSETELEM``/``DELSETELEM``),
-regular chains (``NEWCHAIN``/``DELCHAIN``, flush = ``DELRULE``) and rules made of the few expressions a pod
-chain uses (immediate verdicts, ``fib saddr type local``, ``limit``, ``log group``, ``reject``, a comment),
+plain address sets (``NEWSET``/``DELSET``), regular chains (``NEWCHAIN``/``DELCHAIN``, flush = ``DELRULE``) and
+rules made of the expressions pod and policy chains use (immediate verdicts and jumps, ``fib saddr type
+local``, ``limit``, ``log group``, ``reject``, ``ip[6] saddr/daddr @set``, ``meta l4proto``, ``tcp/udp/sctp
+dport`` equal to a port or in a range, a comment),
 between ``NFNL_MSG_BATCH_BEGIN`` and ``_END``; it sends them on a netfilter netlink socket and reads one ack
 per message, so the kernel applies them atomically (all or nothing, as libnftables would) in tens of
 microseconds. :func:`ops_from_json` says whether a libnftables JSON command list can go this way; anything
@@ -18,7 +20,6 @@ The socket belongs to the network namespace of the thread that creates :class:`E
 from __future__ import annotations
 
 import errno
-import ipaddress
 import itertools
 import os
 import socket
@@ -30,6 +31,8 @@ NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN = 0x10
 NFNL_MSG_BATCH_END = 0x11
+NFT_MSG_NEWSET = 9
+NFT_MSG_DELSET = 11
 NFT_MSG_NEWCHAIN = 3
 NFT_MSG_DELCHAIN = 5
 NFT_MSG_NEWRULE = 6
@@ -74,8 +77,18 @@ def _str(kind: int, text: str) -> bytes:
     return _attr(kind, text.encode() + b"\0")
 
 
+# an address element, pre-encoded: LIST_ELEM{ ELEM_KEY{ DATA_VALUE<address> } } (no padding: 4/16 bytes)
+_ELEM4 = struct.pack("=HHHHHH", 16, LIST_ELEM | NLA_F_NESTED, 12, ELEM_KEY | NLA_F_NESTED, 8, DATA_VALUE)
+_ELEM6 = struct.pack("=HHHHHH", 28, LIST_ELEM | NLA_F_NESTED, 24, ELEM_KEY | NLA_F_NESTED, 20, DATA_VALUE)
+_inet_pton = socket.inet_pton
+
+
+def _packed(addr: str) -> bytes:
+    return _inet_pton(socket.AF_INET6 if ":" in addr else socket.AF_INET, addr)
+
+
 def _key(addr: str) -> bytes:
-    return _attr(ELEM_KEY, _attr(DATA_VALUE, ipaddress.ip_address(addr).packed), nested=True)
+    return _attr(ELEM_KEY, _attr(DATA_VALUE, _packed(addr)), nested=True)
 
 
 def _verdict(target: str, code: int = NFT_JUMP) -> bytes:
@@ -85,7 +98,7 @@ def _verdict(target: str, code: int = NFT_JUMP) -> bytes:
 
 Element = str | tuple[str, str]  # an address, or (address, chain to jump to) for a verdict map
 #: ("add"|"delete", set name, elements) | ("add_chain"|"flush_chain"|"delete_chain", chain) |
-#: ("add_rule", chain, encoded expressions, comment)
+#: ("add_rule", chain, encoded expressions, comment) | ("add_set", name, key type, key length) | ("delete_set", name)
 Op = tuple
 
 
@@ -104,19 +117,62 @@ def _verdict_expr(code: int, chain: str | None = None) -> bytes:
     return _expr("immediate", _u32(1, 0) + _attr(2, _attr(DATA_VERDICT, v, nested=True), nested=True))
 
 
+ADDR_FIELDS = {("ip", "saddr"): (2, 12, 4), ("ip", "daddr"): (2, 16, 4),
+               ("ip6", "saddr"): (10, 8, 16), ("ip6", "daddr"): (10, 24, 16)}  # nfproto, offset, length
+L4PROTO = {"tcp": 6, "udp": 17, "sctp": 132}
+SET_KEY = {"ipv4_addr": (7, 4), "ipv6_addr": (8, 16)}  # nft datatype id, key length
+
+
+def _cmp(op: int, data: bytes) -> bytes:
+    return _expr("cmp", _u32(1, 1) + _u32(2, op) + _attr(3, _attr(DATA_VALUE, data), nested=True))
+
+
+def _meta(key: int) -> bytes:
+    return _expr("meta", _u32(1, 1) + _u32(2, key))  # dreg 1, key (15 nfproto, 16 l4proto)
+
+
+def _payload(base: int, offset: int, length: int) -> bytes:
+    return _expr("payload", _u32(1, 1) + _u32(2, base) + _u32(3, offset) + _u32(4, length))
+
+
+def _match_expr(v: dict) -> bytes | None:
+    left, right = v["left"], v["right"]
+    if v["op"] != "==":
+        return None
+    if left == {"fib": {"result": "type", "flags": ["saddr"]}} and right == "local":
+        fib = _u32(1, 1) + _u32(2, 3) + _u32(3, 1)  # dreg 1, result addrtype, flags saddr
+        return _expr("fib", fib) + _cmp(0, struct.pack("=I", 2))  # RTN_LOCAL
+    if left == {"meta": {"key": "l4proto"}} and right in L4PROTO:
+        return _meta(16) + _cmp(0, bytes([L4PROTO[right]]))
+    pl = left.get("payload") if isinstance(left, dict) else None
+    if not pl:
+        return None
+    where = ADDR_FIELDS.get((pl["protocol"], pl["field"]))
+    if where is not None and isinstance(right, str) and right.startswith("@"):
+        nfproto, off, length = where
+        return (_meta(15) + _cmp(0, bytes([nfproto])) + _payload(1, off, length)
+                + _expr("lookup", _str(1, right[1:]) + _u32(2, 1)))
+    if pl["protocol"] in L4PROTO and pl["field"] == "dport":
+        head = _meta(16) + _cmp(0, bytes([L4PROTO[pl["protocol"]]])) + _payload(2, 2, 2)
+        if isinstance(right, int) and not isinstance(right, bool):
+            return head + _cmp(0, struct.pack(">H", right))
+        if isinstance(right, dict) and set(right) == {"range"}:
+            lo, hi = right["range"]
+            return head + _cmp(5, struct.pack(">H", lo)) + _cmp(3, struct.pack(">H", hi))  # gte, lte
+    return None
+
+
 def encode_expr(e: dict) -> bytes | None:
     """One libnftables JSON statement as netlink expressions; None when this module does not know it."""
     if len(e) != 1:
         return None
     ((k, v),) = e.items()
+    if k == "match":
+        return _match_expr(v)
     if k in VERDICTS and v is None:
         return _verdict_expr(VERDICTS[k])
     if k == "jump" and isinstance(v, dict) and set(v) == {"target"}:
         return _verdict_expr(NFT_JUMP, v["target"])
-    if k == "match" and v == {"op": "==", "left": {"fib": {"result": "type", "flags": ["saddr"]}}, "right": "local"}:
-        fib = _u32(1, 1) + _u32(2, 3) + _u32(3, 1)  # dreg 1, result addrtype, flags saddr
-        cmp = _u32(1, 1) + _u32(2, 0) + _attr(3, _attr(DATA_VALUE, struct.pack("=I", 2)), nested=True)  # RTN_LOCAL
-        return _expr("fib", fib) + _expr("cmp", cmp)
     if k == "limit" and isinstance(v, dict) and set(v) == {"rate", "burst", "per"} and v["per"] in LIMIT_UNITS:
         data = (_attr(1, struct.pack(">Q", v["rate"])) + _attr(2, struct.pack(">Q", LIMIT_UNITS[v["per"]]))
                 + _u32(3, v["burst"]) + _u32(4, 0) + _u32(5, 0))
@@ -141,7 +197,14 @@ def ops_from_json(cmds: Sequence[dict], table: str, known_sets: Iterable[str]) -
         ((kind, spec),) = body.items()
         if spec.get("table") != table:
             return None
-        if kind == "element" and verb in ("add", "delete"):
+        if kind == "set" and verb == "add":
+            if set(spec) - {"family", "table", "name", "type"} or spec["type"] not in SET_KEY:
+                return None  # interval sets and others: libnftables
+            known.add(spec["name"])
+            ops.append(("add_set", spec["name"], *SET_KEY[spec["type"]]))
+        elif kind == "set" and verb == "delete":
+            ops.append(("delete_set", spec["name"]))
+        elif kind == "element" and verb in ("add", "delete"):
             if spec["name"] not in known:
                 return None
             elems = [e if isinstance(e, str) else (e[0], e[1]["jump"]["target"])
@@ -170,9 +233,11 @@ def encode_elements(elems: Iterable[Element], with_data: bool = True) -> bytes:
     for e in elems:
         if isinstance(e, tuple):
             body = _key(e[0]) + (_verdict(e[1]) if with_data else b"")
+            out.append(_attr(LIST_ELEM, body, nested=True))
+        elif ":" in e:
+            out.append(_ELEM6 + _inet_pton(socket.AF_INET6, e))
         else:
-            body = _key(e)
-        out.append(_attr(LIST_ELEM, body, nested=True))
+            out.append(_ELEM4 + _inet_pton(socket.AF_INET, e))
     return b"".join(out)
 
 
@@ -217,6 +282,14 @@ class ElementWriter:
                     mtype, flags = (NFT_MSG_NEWSETELEM, ack | NLM_F_CREATE) if kind == "add" else (NFT_MSG_DELSETELEM, ack)
                     attrs = (_str(LIST_TABLE, self.table) + _str(LIST_SET, name)
                              + _attr(LIST_ELEMENTS, encode_elements(elems, with_data=kind == "add"), nested=True))
+                elif kind == "add_set":
+                    _, name, key_type, key_len = op
+                    udata = struct.pack("=BBI", 0, 4, 2)  # NFTNL_UDATA_SET_KEYBYTEORDER: big endian
+                    attrs = (table + _str(2, name) + _u32(3, 0) + _u32(4, key_type) + _u32(5, key_len)
+                             + _u32(10, seq & 0xFFFFFFFF) + _attr(13, udata))
+                    mtype, flags = NFT_MSG_NEWSET, ack | NLM_F_CREATE
+                elif kind == "delete_set":
+                    mtype, flags, attrs = NFT_MSG_DELSET, ack, table + _str(2, op[1])
                 elif kind == "add_chain":
                     mtype, flags, attrs = NFT_MSG_NEWCHAIN, ack | NLM_F_CREATE, table + _str(3, op[1])
                 elif kind == "delete_chain":
