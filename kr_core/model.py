@@ -169,7 +169,7 @@ class ObjectMeta:
             get("uid", ""),
             get("resourceVersion", ""),
             _labels(lb) if lb else EMPTY,
-            _labels(an) if an else EMPTY,
+            FrozenDict(an) if an else EMPTY,  # not shared: often large and unique (last-applied-configuration)
             get("deletionTimestamp"),
         )
 
