@@ -4,9 +4,13 @@
 never lists the ruleset on the hot path. :meth:`Dataplane.plan` turns a wanted ruleset (+ optional member
 moves) into the commands of one transaction, in an order the kernel accepts: new sets, maps and (empty)
 chains; set elements added; changed chains flushed and rewritten; map elements moved; then chains, set
-elements and sets no longer wanted removed. :meth:`Dataplane.apply` sends them (libnftables in-process,
-:class:`kr_core.net.nft.Nft`); the committed state changes only when the kernel accepted the transaction,
-so a failure leaves the previous rules in place and the next attempt computes the same difference again.
+elements and sets no longer wanted removed. :meth:`Dataplane.apply` sends them as one transaction: as a
+raw nfnetlink batch (:mod:`.nfnl`) when every command is one it encodes (elements, plain sets, pod and
+policy chains: everything a pod event produces), else through libnftables in-process
+(:class:`kr_core.net.nft.Nft`) in text syntax (:mod:`.text`). libnftables lists every set and chain before
+each command and parses JSON slowly; the raw path does neither. The committed state changes only when the
+kernel accepted the transaction, so a failure leaves the previous rules in place and the next attempt
+computes the same difference again.
 
 The first apply after start replaces the table atomically (add, delete, add table + everything in one
 transaction): whatever a previous run left is adopted without a moment of no enforcement.
