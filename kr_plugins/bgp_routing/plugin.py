@@ -46,7 +46,7 @@ from .gobgpd import Gobgpd
 from .host import DEFAULT_CNI_CONF, Host, ipsets_for
 from .injector import InjectConfig, Injector
 from .metrics import Metrics
-from .naming import TUNNEL_PREFIX, generate_router_id
+from .naming import TUNNEL_PREFIX, generate_router_id, grpc_listen_addrs
 from .nodeinfo import cluster_ipsets, node_bgp, node_ip_of_family, node_ips, pod_cidrs
 from .peers import PeerConfig, peers_from_annotations, peers_from_flags, valid_cluster_asn
 from .policy import EXPORT_POLICY, IMPORT_POLICY, DefinedSet, PolicyInputs, VersionedPolicy, build, diff_sets
@@ -164,8 +164,11 @@ class Plugin:
             raise RuntimeError(f"bgp_routing cannot start: {e}") from None
         os.makedirs(ctx.state_dir, exist_ok=True)
         sock = self.cfg.socket or os.path.join(ctx.state_dir, "gobgpd.sock")
+        s = ctx.settings
+        # kube-router's admin API (the `gobgp` CLI's default target) besides kr's own unix socket
+        tcp = grpc_listen_addrs(s.gobgp_admin_address, s.gobgp_admin_port) if s.gobgp_admin_port else []
         self.daemon = Gobgpd(sock, binary=self.cfg.gobgpd, netns=self.netns, log_level=self.cfg.gobgpd_log_level,
-                             on_restart=self._on_gobgpd_restart)
+                             extra_api_hosts=tcp, on_restart=self._on_gobgpd_restart)
         self.daemon.start()
         self.sp = Speaker(g, self.daemon.target)
         self.sp.wait_ready(10)
