@@ -21,6 +21,7 @@ This replaces kube-router's unordered "one goroutine per listener per event".
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -323,6 +324,11 @@ class PluginWorker:
             self._sync_hist.observe(time.perf_counter() - t0)
         self._sync_failures = 0
         self.syncs_ok += 1
+        if reason == "initial":
+            # the plugin's committed state, built by its first sync, lives as long as the agent: keep it out of
+            # the cyclic GC's scans too (as the caches are after they sync)
+            gc.collect()
+            gc.freeze()
         self._next_periodic = time.perf_counter() + self.sync_period
         log.debug("plugin %s: sync (%s) done in %.3fs", self.name, reason, time.perf_counter() - t0)
         if self._on_sync_ok is not None:

@@ -240,7 +240,7 @@ class IpsetRunner:
         swapped = [line.split()[2] for line in lines if line.startswith("swap ")]
         destroyed = [line.split()[1] for line in lines if line.startswith("destroy ") and
                      not line.split()[1].startswith(TMP_PREFIX)]
-        log.info("%s: restore applied: %d lines, sets swapped %s, destroyed %s", self, len(lines),
+        log.debug("%s: restore applied: %d lines, sets swapped %s, destroyed %s", self, len(lines),
                  swapped or "none", destroyed or "none")
 
     def sync(self, sets: Iterable[IpSet], *, destroy: Iterable[str] = ()) -> str:

@@ -246,7 +246,7 @@ class Iptables:
         if counters:
             args.append("--counters")
         self._run("restore", args, stdin=text)
-        log.info("%s: restored %d lines (tables %s)", self, text.count("\n"),
+        log.debug("%s: restored %d lines (tables %s)", self, text.count("\n"),
                  ",".join(line[1:] for line in text.splitlines() if line.startswith("*")))
 
     def apply(self, rules: Mapping[str, Mapping[str, Sequence[Rule]]], *,
