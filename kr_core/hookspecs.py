@@ -59,7 +59,10 @@ def sync(reason: str) -> None:
     """Full reconcile: compute the desired state from the caches and apply the difference.
 
     Called with ``reason="initial"`` after ``start``, then every ``--*-sync-period`` (``reason="periodic"``)
-    and when the plugin called ``ctx.request_sync(reason)`` (debounced). Each successful return is a
+    and when the plugin called ``ctx.request_sync(reason)`` (debounced; that reason is passed through). The
+    core itself also asks for ``"retry after failed <reason> sync"`` and, when an event was given up after its
+    retries, ``"<hook> gave up on <namespace/name>"``: then the caches hold changes the plugin never saw as
+    events, so only ``"periodic"`` may take shortcuts that trust the event stream. Each successful return is a
     heartbeat for ``/healthz``. Raising leaves the previous state in place; the sync is retried with backoff.
     """
 
