@@ -27,7 +27,9 @@ log = logging.getLogger("kr.netpol")
 NFT_TABLE = ("inet", "kube-router-netpol")
 #: every nft table a network-policy backend of kr or kube-router may have left
 NFT_TABLES = (NFT_TABLE, ("ip", "kube-router-filter-ipv4"), ("ip6", "kube-router-filter-ipv6"))
-IPTABLES_CHAIN_PREFIXES = ("KUBE-ROUTER-", naming.POLICY_CHAIN_PREFIX, naming.POD_CHAIN_PREFIX)
+#: the network-policy chains of the iptables backend: its three top-level chains by name (other KUBE-ROUTER-*
+#: chains belong to other roles, e.g. the proxy's KUBE-ROUTER-SERVICES), policy and pod chains by prefix
+IPTABLES_CHAIN_PREFIXES = (*naming.TOP_CHAINS.values(), naming.POLICY_CHAIN_PREFIX, naming.POD_CHAIN_PREFIX)
 IPSET_PREFIXES = (naming.SRC_SET_PREFIX, naming.DST_SET_PREFIX, naming.LOCAL_PODS_SET,
                   "inet6:" + naming.SRC_SET_PREFIX, "inet6:" + naming.DST_SET_PREFIX, "inet6:" + naming.LOCAL_PODS_SET)
 
@@ -87,7 +89,9 @@ def remove_iptables_state(families: Iterable[int] = (4, 6), *, netns: str | None
         for mode in Mode:
             try:
                 ipt = Iptables(mode, fam[f], netns=netns)
-                names = chain_names(ipt.save("filter"), IPTABLES_CHAIN_PREFIXES)
+                names = [n for n in chain_names(ipt.save("filter"), IPTABLES_CHAIN_PREFIXES)
+                         if n.startswith((naming.POLICY_CHAIN_PREFIX, naming.POD_CHAIN_PREFIX))
+                         or n in naming.TOP_CHAINS.values()]
                 for builtin, chain in naming.TOP_CHAINS.items():
                     ipt.remove_jump("filter", builtin, naming.jump_comment(chain))
                 if names:
