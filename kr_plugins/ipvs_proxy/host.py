@@ -25,7 +25,8 @@ from .netlink import HDR, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
 log = logging.getLogger("kr.ipvs_proxy.host")
 
 DUMMY = "kube-dummy-if"
-RTM_NEWADDR, RTM_DELADDR = 20, 21
+RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
+_HH = struct.Struct("=HH")
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 IFA_F_NODAD = 0x02
 RT_SCOPE_LINK, RT_SCOPE_HOST = 253, 254
@@ -103,25 +104,49 @@ class Host:
     def delete_dummy(self) -> bool:
         return links.delete_link(self.ipr, DUMMY)
 
+    def _addresses(self) -> list[tuple[int, int, str]]:
+        """(link index, family, address) of every address: one raw RTM_GETADDR dump with a lean parser.
+
+        pyroute2 parses ~1-2 ms per address in UML; with 10k VIPs on kube-dummy-if that was 20 s."""
+        if self._nl is None:
+            self._nl = NetlinkSocket(socket.NETLINK_ROUTE)
+        ntop, unpack, hh = socket.inet_ntop, struct.unpack_from, _HH.unpack_from
+
+        def parse(p: memoryview) -> tuple[int, int, str] | None:
+            af, _plen, _flags, _scope, index = unpack("=BBBBI", p, 0)
+            off, end = 8, len(p)
+            addr = local = None
+            while off + 4 <= end:
+                ln, t = hh(p, off)
+                if ln < 4:
+                    break
+                if t == IFA_ADDRESS:
+                    addr = bytes(p[off + 4: off + ln])
+                elif t == IFA_LOCAL:
+                    local = bytes(p[off + 4: off + ln])
+                off += (ln + 3) & ~3
+            raw = local or addr
+            if raw is None or af not in (socket.AF_INET, socket.AF_INET6):
+                return None
+            return index, 4 if af == socket.AF_INET else 6, ntop(af, raw)
+
+        return self._nl.dump(RTM_GETADDR, struct.pack("=BBBBI", 0, 0, 0, 0, 0), parse)
+
     def dummy_addresses(self) -> set[tuple[int, str]]:
         """(family, address) of every address on ``kube-dummy-if``."""
         idx = self.dummy_index()
         if idx is None:
             return set()
-        out = set()
-        for a in self.ipr.get_addr(index=idx):
-            fam = 4 if a["family"] == socket.AF_INET else 6
-            out.add((fam, a.get("IFA_ADDRESS")))
-        return out
+        return {(f, a) for i, f, a in self._addresses() if i == idx}
 
     def local_addresses(self) -> list[tuple[str, str]]:
-        """(interface name, address) of every address on this node except loopback."""
+        """(interface name, address) of every address on this node except loopback, link-local and the
+        VIPs on ``kube-dummy-if``."""
         names = {link["index"]: link.get("IFLA_IFNAME") for link in self.ipr.get_links()}
         out = []
-        for a in self.ipr.get_addr():
-            addr = a.get("IFA_ADDRESS")
-            name = names.get(a["index"], "")
-            if not addr or name == "lo" or addr.startswith("fe80:"):
+        for i, _f, addr in self._addresses():
+            name = names.get(i, "")
+            if name in ("lo", DUMMY) or addr.startswith("fe80:"):
                 continue
             out.append((name, addr))
         return out

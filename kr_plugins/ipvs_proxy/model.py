@@ -264,28 +264,32 @@ def collect_endpoints(svc: Service, slices: Iterable[EndpointSlice], node: NodeI
                       ) -> dict[tuple[str, str, int], list[_Ep]]:
     """Usable endpoints per (port name, protocol, family): ready or serving, valid addresses, deduplicated."""
     out: dict[tuple[str, str, int], dict[DKey, _Ep]] = {}
+    make = tuple.__new__  # _Ep without its Python-level __new__ (~3x cheaper; 100k endpoints per sync)
     for sl in slices:
         fam = {"IPv4": 4, "IPv6": 6}.get(sl.address_type)
         if fam is None:
             continue  # FQDN slices are not for proxies
+        ports = []
+        for p in sl.ports:
+            if p.port is None or not 0 < p.port < 65536:
+                problems.append(f"EndpointSlice {sl.name}: port {p.name!r} has no valid number")
+            else:
+                ports.append((p.port, out.setdefault((p.name, p.protocol, fam), {})))
         for ep in sl.endpoints:
-            if not (ep.ready or ep.serving):
+            if not (ep.ready or ep.serving) or not ep.addresses:
                 continue
-            local = bool(node.name) and ep.node_name == node.name
-            for addr in ep.addresses[:1]:  # one address per endpoint (the API allows only one today)
-                if ip_family(addr) != fam:
-                    problems.append(f"EndpointSlice {sl.name}: address {addr!r} is not an {sl.address_type} address")
-                    continue
+            addr = ep.addresses[0]  # one address per endpoint (the API allows only one today)
+            if ip_family(addr) != fam:
+                problems.append(f"EndpointSlice {sl.name}: address {addr!r} is not an {sl.address_type} address")
+                continue
+            if fam == 6:
                 addr = canonical_ip(addr)
-                for p in sl.ports:
-                    if p.port is None or not 0 < p.port < 65536:
-                        problems.append(f"EndpointSlice {sl.name}: port {p.name!r} has no valid number")
-                        continue
-                    bucket = out.setdefault((p.name, p.protocol, fam), {})
-                    cur = bucket.get((addr, p.port))
-                    e = _Ep(addr, p.port, local, ep.ready and not ep.terminating, ep.hint_zones)
-                    if cur is None or (e.ready and not cur.ready):
-                        bucket[(addr, p.port)] = e
+            local = ep.node_name == node.name and bool(node.name)
+            ready = ep.ready and not ep.terminating
+            for port, bucket in ports:
+                cur = bucket.get((addr, port))
+                if cur is None or (ready and not cur[3]):
+                    bucket[(addr, port)] = make(_Ep, (addr, port, local, ready, ep.hint_zones))
     return {k: list(v.values()) for k, v in out.items()}
 
 

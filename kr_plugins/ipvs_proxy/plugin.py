@@ -23,6 +23,7 @@ How it works (see ``model.py`` for what is built, ``sync.py`` for the diff):
 from __future__ import annotations
 
 import contextlib
+import gc
 import ipaddress
 import json
 import logging
@@ -31,6 +32,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -159,7 +161,8 @@ class Plugin:
         self.fw = Firewall(self.opts.families, self.cfg.iptables_mode)
         self.hc = HealthServers(self.cfg.healthcheck_address)
         t0 = time.perf_counter()
-        self._adopt()
+        with gc_paused():
+            self._adopt()
         self.timings = {"adopt": round(time.perf_counter() - t0, 4), "adopt_ipvs_dump": self.adopt_ipvs_seconds}
         log.info("adopted %d virtual servers (%d owned by kr, %d foreign), %d VIPs, iptables %s in %.2fs",
                  len(self.committed) + len(self.foreign), len(self.committed), len(self.foreign), len(self.vips),
@@ -198,7 +201,11 @@ class Plugin:
             log.warning("%s unreadable (%s): treating no virtual server as kr's", self._owned_path(), exc)
             return set()
 
-    def _write_owned(self) -> None:
+    def _write_owned(self, force: bool = False) -> None:
+        """Record the keys kr owns, when they changed (a full sync checks; an event only when it added or
+        deleted a virtual server: comparing 10k keys per endpoint event would cost more than the event)."""
+        if not force and len(self.committed) == len(self.owned_written or ()):
+            return
         keys = frozenset(self.committed)
         if keys == self.owned_written:
             return
@@ -318,7 +325,8 @@ class Plugin:
             return
         t0 = time.perf_counter()
         try:
-            self._full_sync(reason)
+            with gc_paused():
+                self._full_sync(reason)
             self.last_error = ""
         except Exception as exc:
             self.last_error = f"sync failed: {exc}"
@@ -365,6 +373,7 @@ class Plugin:
         assert self.hc is not None
         self.hc.sync(desired.healthchecks())
         self._after_apply()
+        gc.freeze()  # what a full sync built is long-lived: keep it out of every later collection (event p99)
         _lap(tm, "rest", t)
         log.info("sync (%s): %d Services, %d virtual servers, %d destinations; %d IPVS ops sent%s",
                  reason, len(self.models), len(self.committed), sum(len(d) for _, d in self.committed.values()),
@@ -415,7 +424,7 @@ class Plugin:
         self.counters["netlink_batches"] += res.batches
 
     def _after_apply(self, owners_changed: bool = True) -> None:
-        self._write_owned()
+        self._write_owned(force=owners_changed)
         if self.metrics:
             self.metrics.services.set(len(self.committed))
             if owners_changed:  # O(virtual servers): not on the endpoint-change path
@@ -640,6 +649,21 @@ class Plugin:
                         "last_sync_seconds": self.timings},
             "items": items,
         }
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection during a bulk rebuild: it allocates ~10 objects per destination, and
+    the collector's generation-2 passes over them made a 10k-Service model build 3-4x slower (1.6 s
+    instead of 0.4 s). Nothing built there is cyclic garbage; the collector resumes afterwards."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _lap(timings: dict[str, float], name: str, t0: float) -> float:

@@ -21,6 +21,7 @@ Usage: ``python -m tests.bench ipvs [--n N]`` (default N = 10,000; ``--n 1000`` 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -150,7 +151,7 @@ def measure(n: int) -> dict[str, Any]:
            f"ip -n {ns} link set eth0 up")
         p = Proxy(ns, state, objs)
         p.call(p.caller.configure, p.ctx)
-        p.feed.start(p.caches, lambda ev: p.call(p.caller.deliver, ev))
+        p.feed.start(p.caches, lambda ev, p=p: p.call(p.caller.deliver, ev))
         p.call(p.caller.start, p.ctx)
         t0 = time.perf_counter()
         p.sync("initial")
@@ -195,11 +196,13 @@ def measure(n: int) -> dict[str, Any]:
         r["periodic_sync_s"] = round(time.perf_counter() - t0, 3)
         r["periodic_sync_messages"] = plugin.counters["netlink_messages"] - before
         p.stop()
+        del p, plugin, deliver, store, ev
+        gc.collect()
 
         # adoption by a new instance (restart)
         p2 = Proxy(ns, state, objs)
         p2.call(p2.caller.configure, p2.ctx)
-        p2.feed.start(p2.caches, lambda ev: p2.call(p2.caller.deliver, ev))
+        p2.feed.start(p2.caches, lambda ev, p2=p2: p2.call(p2.caller.deliver, ev))
         t0 = time.perf_counter()
         p2.call(p2.caller.start, p2.ctx)
         r["adopt_start_s"] = round(time.perf_counter() - t0, 3)
