@@ -196,7 +196,13 @@ class Registry:
                 tok_rv = int(tok["rv"])
             except (ValueError, KeyError, TypeError) as e:
                 raise errors.bad_request("continue key is not valid: " + str(e)) from e
-        items, rv = self.store.list(res.kind, namespace if res.namespaced else None, copy_items=False, after=start)
+        scope = namespace if res.namespaced else None
+        if pred is None and limit:
+            # no filter: read only this page (and one more object, to know whether there is a next page)
+            items, total, rv = self.store.list_page(res.kind, scope, start, limit + 1)
+        else:
+            items, rv = self.store.list(res.kind, scope, copy_items=False, after=start)
+            total = len(items)
         if tok_rv is not None:
             rv = tok_rv
         out: list[dict[str, Any]] = []
@@ -209,7 +215,7 @@ class Registry:
                 tok = {"rv": rv, "ns": last.get("namespace", ""), "name": last["name"]}
                 meta["continue"] = base64.urlsafe_b64encode(json.dumps(tok).encode()).decode()
                 if not label_selector and not field_selector:  # as the real server: only without selectors
-                    meta["remainingItemCount"] = len(items) - i
+                    meta["remainingItemCount"] = total - i
                 break
             out.append(obj)
         # The items are the store's own dicts: callers serialise them and must not modify them.

@@ -147,6 +147,24 @@ class Store:
                 return [objs[k] for k in sel], self._rv
             return [jcopy(objs[k]) for k in sel], self._rv
 
+    def list_page(self, kind: str, namespace: str | None, after: tuple[str, str] | None,
+                  max_items: int) -> tuple[list[dict[str, Any]], int, int]:
+        """The first ``max_items`` objects of what :meth:`list` (``copy_items`` False) would return, how many
+        that list would have in all, and the current resourceVersion: a page without touching the rest."""
+        with self._lock:
+            objs = self._objects.get(kind, {})
+            keys = self._sorted.get(kind)
+            if keys is None:
+                keys = self._sorted[kind] = sorted(objs)
+            lo, hi = 0, len(keys)
+            if namespace is not None:
+                lo = bisect.bisect_left(keys, (namespace, ""))
+                hi = bisect.bisect_left(keys, (namespace + "\x00", ""))
+            if after is not None:
+                lo = max(lo, bisect.bisect_right(keys, after))
+            sel = keys[lo:min(hi, lo + max(0, max_items))]
+            return [objs[k] for k in sel], max(0, hi - lo), self._rv
+
     def encoded(self, kind: str, objs: list[dict[str, Any]]) -> list[bytes]:
         """The compact JSON encoding (``separators=(",", ":")``) of each of ``objs``, stored dicts of
         ``kind`` as returned by :meth:`list` with ``copy_items`` False: the bytes kept from the object's write

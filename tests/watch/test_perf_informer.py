@@ -174,3 +174,37 @@ def test_server_list_json_is_the_list_encoded(make_server: Any) -> None:
     items, _ = api.list(Resource.SERVICE)
     assert {i["metadata"]["name"] for i in items if i["metadata"]["namespace"] == NS} == \
         {"svc-0", "svc-1", "svc-3", "svc-4"}
+
+
+def test_server_pages_read_only_the_page(make_server: Any) -> None:
+    from kr_core.embedded.resources import BY_KIND
+
+    srv = make_server()
+    reg = getattr(srv, "registry", None)
+    if reg is None or not hasattr(reg.store, "list_page"):
+        pytest.skip("not the embedded server")
+    api = Api(srv.url)
+    api.ensure_namespace()
+    for i in range(7):
+        api.create(Resource.SERVICE, service(f"svc-{i}"))
+    res = BY_KIND["Service"]
+    full = reg.list(res, NS)["items"]
+    for limit in (1, 2, 3, 6, 7, 8):
+        got: list[Any] = []
+        cont = None
+        remaining: list[int] = []
+        while True:
+            body = reg.list(res, NS, None, None, limit, cont)
+            got += body["items"]
+            cont = body["metadata"].get("continue")
+            if not cont:
+                assert "remainingItemCount" not in body["metadata"]
+                break
+            remaining.append(body["metadata"]["remainingItemCount"])
+            assert len(body["items"]) == limit
+        assert got == full, limit
+        assert remaining == [len(full) - limit * (k + 1) for k in range(len(remaining))]
+    # across namespaces too (the all-namespaces collection the informers list)
+    everything = reg.list(res, None)["items"]
+    first = reg.list(res, None, None, None, 3)
+    assert first["items"] == everything[:3] and first["metadata"]["remainingItemCount"] == len(everything) - 3
