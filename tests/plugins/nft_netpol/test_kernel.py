@@ -423,3 +423,50 @@ def test_raw_policy_chain_and_sets_equal_the_libnftables_ones():
             w.close()
         listing = [_strip(n.list(f"table inet {render.TABLE}")) for n in (lib, raw)]
         assert sorted(map(json.dumps, listing[1])) == sorted(map(json.dumps, listing[0]))
+
+
+def _nflog_socket(group: int):
+    """A netfilter-log listener bound to ``group`` (NFULNL_CFG_CMD_BIND), in the calling thread's namespace."""
+    import socket
+    import struct
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)
+    s.bind((0, 0))
+    s.settimeout(3.0)
+
+    def cfg(attrs: bytes) -> bytes:
+        body = struct.pack("=BBH", 0, 0, socket.htons(group)) + attrs
+        return struct.pack("=IHHII", 16 + len(body), (4 << 8) | 1, 0x1 | 0x4, 1, 0) + body
+
+    def attr(kind: int, payload: bytes) -> bytes:
+        pad = (4 - (4 + len(payload)) % 4) % 4
+        return struct.pack("=HH", 4 + len(payload), kind) + payload + b"\0" * pad
+
+    s.send(cfg(attr(1, bytes([1]))))  # NFULA_CFG_CMD: bind
+    s.recv(4096)
+    s.send(cfg(attr(2, struct.pack(">IBB", 0xFFFF, 2, 0))))  # NFULA_CFG_MODE: copy packet
+    s.recv(4096)
+    return s
+
+
+@pytest.mark.parametrize("nflog", [True, False])
+def test_rejected_packets_are_logged_to_nflog_group_100(make_cluster, nflog):
+    import struct
+    c = make_cluster(config={"nflog": nflog})
+    c.apply_policy(ing("deny", "x", A, None))
+    sock = c.in_node(_nflog_socket, 100)
+    try:
+        assert not probe(c.pod_ns["x/b"], c.pods["x/a"].pod_ip, 80, "TCP")
+        got = []
+        sock.settimeout(0.5 if not nflog else 3.0)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and not got:
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                break
+            mtype = struct.unpack_from("=H", data, 4)[0]
+            if mtype == (4 << 8):  # NFULNL_MSG_PACKET
+                got.append(data)
+        assert bool(got) == nflog, "NFLOG message for the rejected packet" + (" missing" if nflog else " unexpected")
+    finally:
+        sock.close()
