@@ -109,8 +109,9 @@ class Ruleset:
 # ------------------------------------------------------------------------------------ expressions
 
 def comment(text: str) -> Expr:
-    clean = "".join(c for c in text if c.isprintable() and c != '"')
-    return {"comment": clean[:COMMENT_MAX]}
+    if not text.isprintable() or '"' in text or "\\" in text:
+        text = "".join(c for c in text if c.isprintable() and c not in '"\\')
+    return {"comment": text[:COMMENT_MAX]}
 
 
 def _match(left: Expr, right: Any, op: str = "==") -> Expr:
