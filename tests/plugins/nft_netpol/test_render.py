@@ -258,3 +258,8 @@ def test_incremental_pod_update_equals_full_render():
     assert not [c for c in rs.chains if c.startswith("KUBE-POD-FW-") or
                 (c.startswith("KUBE-NWPLCY-") and c not in naming.HELPER_CHAINS)]
     assert rs.sets.keys() == {render.local_pods_set(4), render.local_pods_set(6)}
+
+
+def test_comments_are_safe_in_text_syntax():
+    assert render.comment('ns/p "x"\\y\x01z') == {"comment": "ns/p xyz"}
+    assert render.comment("a" * 200) == {"comment": "a" * 120}
