@@ -498,7 +498,7 @@ def test_churn_incremental_state_equals_a_full_rebuild(make_cluster, seed):
     local_n = 0
     for step in range(60):
         op = rnd.choice(["add-remote", "add-remote", "relabel-remote", "del-remote", "add-local", "relabel-local",
-                         "del-local"])
+                         "del-local", "policy", "namespace"])
         roles = rnd.choice([{}, {"role": "cli"}, {"role": "srv"}, {"pod": "a"}])
         if op == "add-remote" or (op in ("relabel-remote", "del-remote") and not remote):
             name = f"r{step}"
@@ -518,6 +518,14 @@ def test_churn_incremental_state_equals_a_full_rebuild(make_cluster, seed):
         elif op == "relabel-local":
             key = rnd.choice(sorted(c.pods))
             c.relabel_pod(key, {"pod": c.pods[key].meta.name, **roles})
+        elif op == "policy":  # rule text changes: named port <-> number, a peer more or less
+            port = rnd.choice([{"port": "serve-80-tcp"}, {"port": 80}, {"port": "serve-81-udp", "protocol": "UDP"}])
+            peers = [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"role": "cli"}}}]
+            if rnd.random() < 0.5:
+                peers.append({"namespaceSelector": {"matchLabels": {"team": "t"}}})
+            c.apply_policy(ing("from-cli", "x", A, [{"from": peers, "ports": [port]}]))
+        elif op == "namespace":
+            c.relabel_namespace("y", {"ns": "y", **({"team": "t"} if rnd.random() < 0.5 else {})})
         elif op == "del-local" and len(c.pods) > 3:
             key = rnd.choice(sorted(k for k in c.pods if "/l" in k))
             c.delete(c.pods.pop(key))
