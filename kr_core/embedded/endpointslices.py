@@ -68,6 +68,31 @@ def _family(ip: str) -> str:
     return "IPv4" if ipaddress.ip_address(ip).version == 4 else "IPv6"
 
 
+class _View:
+    """Managed slices by (namespace, service), pods by namespace and node zones: one scan of the store."""
+
+    __slots__ = ("pods_by_ns", "slices", "zones")
+
+    def __init__(self, slices: dict[tuple[str, str], dict[str, dict[str, Any]]],
+                 pods_by_ns: dict[str, list[dict[str, Any]]], zones: dict[str, str | None]) -> None:
+        self.slices, self.pods_by_ns, self.zones = slices, pods_by_ns, zones
+
+    @classmethod
+    def build(cls, store: Store) -> _View:
+        slices: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        for s in store.iter_raw("EndpointSlice"):
+            m = s["metadata"]
+            labels = m.get("labels") or {}
+            if labels.get(MANAGED_BY_LABEL) == CONTROLLER_NAME and labels.get(SERVICE_NAME_LABEL):
+                slices.setdefault((m.get("namespace", ""), labels[SERVICE_NAME_LABEL]), {})[m["name"]] = s
+        pods: dict[str, list[dict[str, Any]]] = {}
+        for p in store.iter_raw("Pod"):
+            pods.setdefault(p["metadata"].get("namespace", ""), []).append(p)
+        zones = {n["metadata"]["name"]: ((n["metadata"].get("labels") or {}).get(ZONE_LABEL))
+                 for n in store.iter_raw("Node")}
+        return cls(slices, pods, zones)
+
+
 class EndpointSliceController:
     def __init__(self, store: Store, registry: Registry) -> None:
         self.store = store
@@ -124,9 +149,11 @@ class EndpointSliceController:
             except queue.Empty:
                 pass
             try:
-                for key in self._dirty(batch):
+                dirty = self._dirty(batch)
+                view = _View.build(self.store) if dirty else None  # one scan per batch, not per Service
+                for key in dirty:
                     try:
-                        self.reconcile(*key)
+                        self.reconcile(*key, view=view)
                     except Exception:
                         log.exception("endpointslice reconcile of %s/%s failed", *key)
             finally:
@@ -176,19 +203,18 @@ class EndpointSliceController:
 
     # -- reconcile -------------------------------------------------------------------------
 
-    def desired(self, svc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    def desired(self, svc: dict[str, Any], view: _View | None = None) -> dict[str, dict[str, Any]]:
         """The slices ``svc`` should have, by name."""
+        view = view or _View.build(self.store)
         spec = svc.get("spec") or {}
         meta = svc["metadata"]
         ns, name = meta["namespace"], meta["name"]
         families = list(spec.get("ipFamilies") or ["IPv4"])
         publish = bool(spec.get("publishNotReadyAddresses"))
         reqs = selector_from_map(spec["selector"])
-        zones = {n["metadata"]["name"]: ((n["metadata"].get("labels") or {}).get(ZONE_LABEL))
-                 for n in self.store.iter_raw("Node")}
+        zones = view.zones
         groups: dict[tuple[str, str], tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
-        pods = [p for p in self.store.iter_raw("Pod") if p["metadata"].get("namespace") == ns
-                and labels_match(reqs, p["metadata"].get("labels"))]
+        pods = [p for p in view.pods_by_ns.get(ns, ()) if labels_match(reqs, p["metadata"].get("labels"))]
         pods.sort(key=lambda p: p["metadata"]["name"])
         for pod in pods:
             phase = (pod.get("status") or {}).get("phase")
@@ -259,25 +285,19 @@ class EndpointSliceController:
                 }
         return out
 
-    def _existing(self, ns: str, name: str) -> dict[str, dict[str, Any]]:
-        out = {}
-        for s in self.store.iter_raw("EndpointSlice"):
-            m = s["metadata"]
-            labels = m.get("labels") or {}
-            if (m.get("namespace") == ns and labels.get(SERVICE_NAME_LABEL) == name
-                    and labels.get(MANAGED_BY_LABEL) == CONTROLLER_NAME):
-                out[m["name"]] = s
-        return out
+    def reconcile(self, ns: str, name: str, view: _View | None = None) -> None:
+        """Bring the slices of Service ``ns/name`` to the desired state (under the store lock).
 
-    def reconcile(self, ns: str, name: str) -> None:
-        """Bring the slices of Service ``ns/name`` to the desired state (under the store lock)."""
+        ``view`` is a snapshot of slices, pods and node zones taken once for a whole batch; each Service's
+        slices are written only by its own reconcile, so the snapshot is exact for them."""
         with self.store.lock():
+            view = view or _View.build(self.store)
             svc = self.store.get("Service", ns, name)
-            existing = self._existing(ns, name)
+            existing = view.slices.get((ns, name), {})
             spec = (svc or {}).get("spec") or {}
             want: dict[str, dict[str, Any]] = {}
             if svc is not None and spec.get("selector") and spec.get("type") != "ExternalName":
-                want = self.desired(svc)
+                want = self.desired(svc, view)
             for sname, obj in want.items():
                 cur = existing.get(sname)
                 try:
