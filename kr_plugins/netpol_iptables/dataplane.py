@@ -18,12 +18,15 @@ from dataclasses import dataclass, field
 from kr_core.net.ipset import IpSet, IpsetRunner, render_members, render_sync, set_name
 from kr_core.net.iptables import Family, Iptables, Mode, chain_names, detect_mode
 from kr_core.net.netpol import naming
+from kr_core.net.netpol.backend import IPTABLES_CHAIN_PREFIXES
 
 from .render import Ruleset
 
 log = logging.getLogger("kr.netpol_iptables")
 
-CHAIN_PREFIXES = ("KUBE-ROUTER-", naming.POLICY_CHAIN_PREFIX, naming.POD_CHAIN_PREFIX)
+# only this role's chains: the three top-level ones by name (other KUBE-ROUTER-* chains belong to other roles,
+# e.g. the service proxy's KUBE-ROUTER-SERVICES), policy and pod chains by prefix
+CHAIN_PREFIXES = IPTABLES_CHAIN_PREFIXES
 SET_PREFIXES = (naming.SRC_SET_PREFIX, naming.DST_SET_PREFIX, naming.LOCAL_PODS_SET)
 FAMILY = {4: Family.V4, 6: Family.V6}
 _UNKNOWN: tuple[str, ...] = ("<adopted>",)
@@ -178,7 +181,7 @@ class Dataplane:
             delete = [c for c in have if c not in rs.chains]
             if not write and not delete:
                 continue
-            splices = {c: sp for c, r in write.items() if c.startswith("KUBE-ROUTER-")
+            splices = {c: sp for c, r in write.items() if c in naming.TOP_CHAINS.values()
                        and (sp := splice(have.get(c), r)) is not None}
             full = {c: r for c, r in write.items() if c not in splices}
             payload = render_payload(full, splices, delete)

@@ -30,9 +30,9 @@ import pydantic
 from prometheus_client import Counter, Gauge, Histogram
 
 from kr_core import Event, EventType, HealthReport, PluginContext, PluginInfo, Resource, Role, hookimpl
-from kr_core.model import Pod
 from kr_core.net.iptables import Mode
 from kr_core.net.netpol import Desired, naming
+from kr_core.net.netpol.backend import pod_changed, remove_nft_state
 
 from .dataplane import Dataplane
 from .render import Options, Ruleset, render
@@ -47,15 +47,9 @@ class Config(pydantic.BaseModel):
     """Which iptables backend to program; ``auto`` detects it like kube-proxy's iptables-wrapper."""
     nflog: bool = True
     """Log rejected packets to NFLOG group 100 (rate 10/minute, burst 10)."""
-
-
-def pod_changed(old: Pod | None, new: Pod | None) -> bool:
-    """AC-N9: an update matters only if phase, pod IPs, host IP, labels (or node, host network) changed."""
-    if old is None or new is None:
-        return True
-    return (old.phase != new.phase or old.pod_ips != new.pod_ips or old.host_ip != new.host_ip
-            or old.meta.labels != new.meta.labels or old.node_name != new.node_name
-            or old.host_network != new.host_network)
+    remove_nft_state: bool = True
+    """After the first successful sync, remove what the nftables backend (nft_netpol, or kube-router's
+    experimental one) left, so switching backends leaves no stale rules."""
 
 
 class Plugin:
@@ -76,6 +70,7 @@ class Plugin:
         self.last_sync = 0.0
         self.seen_problems: set[tuple[str, str]] = set()
         self.last_apply: Any = None
+        self.switched = False
 
     # ---------------------------------------------------------------------------------- lifecycle
     @hookimpl
@@ -113,6 +108,11 @@ class Plugin:
         assert self.dp is not None
         self.dp.ensure_jumps()  # also repairs a jump someone moved or deleted
         self.last_sync = time.time()
+        if not self.switched and self.cfg.remove_nft_state:
+            n = remove_nft_state()
+            if n:
+                self.log.info("switched backends: removed %d nftables table(s) the nftables backend left", n)
+        self.switched = True
 
     def _rebuild(self, why: str) -> None:
         assert self.desired is not None

@@ -8,10 +8,11 @@ from prometheus_client import CollectorRegistry
 
 from kr_core import PluginContext
 from kr_core.config import ConfigError, Settings, parse_node_port_range, validate_settings
+from kr_core.net.netpol.backend import pod_changed
 from kr_core.plugins import PluginHost, from_classes, validate_plugin_config
 from kr_core.watch import Caches, FeedSource
 from kr_plugins.netpol_iptables import plugin as plugin_mod
-from kr_plugins.netpol_iptables.plugin import Plugin, pod_changed
+from kr_plugins.netpol_iptables.plugin import Plugin
 from tests.conformance.builders import node, ns, pod, policy
 
 
