@@ -70,6 +70,7 @@ class Agent:
         state_dir: str = "/var/lib/kr",
         min_sync_interval: float = 1.0,
         serve_http: bool = True,
+        separate_registries: bool = False,
     ) -> None:
         self.settings = settings
         self.plugins = plugins
@@ -80,6 +81,9 @@ class Agent:
         self.state_dir = state_dir
         self.min_sync_interval = min_sync_interval
         self.serve_http = serve_http
+        # one registry per plugin: for `kr cleanup --all-installed`, where two backends of one role (which
+        # register the same kube_router_* names) are configured side by side
+        self.separate_registries = separate_registries
         self.health = HealthChecker()
         self.host: PluginHost | None = None
         self.caches: Caches | None = None
@@ -120,7 +124,7 @@ class Agent:
                 settings=self.settings,
                 config=configs.get(caller.name),
                 caches=self.caches.view(caller.info.resources),
-                metrics=self.metrics.registry,
+                metrics=CollectorRegistry() if self.separate_registries else self.metrics.registry,
                 node_name=self.node_name,
                 request_sync=worker.request_sync,
                 log=logging.getLogger(f"kr.{caller.name}"),

@@ -179,8 +179,13 @@ def cmd_cleanup(ns: argparse.Namespace) -> int:
     installed = discover()
     settings, cfg = _load(ns, installed)
     _setup_logging(settings)
-    plugins = _enabled(select(installed, cfg.selection, settings))
-    agent = Agent(settings, plugins, cfg.sections, None, state_dir=ns.state_dir, serve_http=False)
+    if getattr(ns, "all_installed", False):
+        # every plugin that loads, whatever the selection (e.g. the other network-policy backend's leftovers)
+        plugins = [d for d in installed if d.loaded]
+    else:
+        plugins = _enabled(select(installed, cfg.selection, settings))
+    agent = Agent(settings, plugins, cfg.sections, None, state_dir=ns.state_dir, serve_http=False,
+                  separate_registries=True)
     failed = agent.cleanup()
     for f in failed:
         print(f"kr: cleanup failed: {f}", file=sys.stderr)
@@ -266,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.set_defaults(func=cmd_config_check)
 
     sp = sub.add_parser("cleanup", help="remove everything every enabled plugin installed (--cleanup-config)")
+    sp.add_argument("--all-installed", action="store_true",
+                    help="clean up after every installed plugin, enabled or not (e.g. after switching backends)")
     with_config(sp)
     sp.set_defaults(func=cmd_cleanup)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from kr_core.embedded import ApiServer
+from kr_core.net import netns
 
 from ..conftest import free_port
 
@@ -118,6 +119,14 @@ def test_kr_run_sees_kubectl_changes_and_survives_apiserver_restart(cluster, tmp
     r = subprocess.run(KR + ["cleanup", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert not hosts.exists()
+    assert "plugin hostsfile: cleaned up" in r.stderr and "nft_netpol" not in r.stderr
+    # --all-installed also cleans plugins the selection leaves out (the other network-policy backend, ...);
+    # every dataplane's cleanup runs, so do it in a throwaway network namespace
+    with netns.temporary("krclean") as ns:
+        r = subprocess.run(["ip", "netns", "exec", ns, *KR, "cleanup", "--config", str(cfg), "--all-installed"],
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "plugin nft_netpol: cleaned up" in r.stderr and "plugin netpol_iptables: cleaned up" in r.stderr
 
 
 def test_kr_run_unreachable_apiserver_fails_with_cache_sync_timeout(tmp_path):
