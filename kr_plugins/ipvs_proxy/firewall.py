@@ -10,14 +10,22 @@ single ``add``/``del`` lines in one ``ipset restore -exist`` for an event.
 from __future__ import annotations
 
 import logging
+import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 
-from kr_core.net.ipset import IpSet, IpsetRunner
+from kr_core.net.ipset import IpSet, IpsetError, IpsetRunner
 from kr_core.net.iptables import Family, Iptables, IptablesError, Mode, clean_comment, detect_mode, render_rule
 
 from . import rules as R
 
 log = logging.getLogger("kr.ipvs_proxy.firewall")
+
+
+def run_tool(argv: list[str]) -> str:
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    if p.returncode != 0:
+        raise IpsetError(f"{' '.join(argv)}: exit {p.returncode}: {p.stderr.strip()}", stderr=p.stderr)
+    return p.stdout
 
 ChainKey = tuple[int, str, str]  # (family, table, chain)
 FAMILY = {4: Family.V4, 6: Family.V6}
@@ -41,15 +49,37 @@ class Firewall:
         return {f: str(i.mode) for f, i in self.ipt.items()}
 
     # ---------------------------------------------------------------------------------- ipsets
+    def _ours(self) -> set[str]:
+        return {R.kernel_set(base, f) for f in self.families for base in R.OWNED_SETS}
+
     def read_sets(self) -> None:
-        """Adopt the members of our sets as the kernel has them (start, periodic drift check)."""
-        existing = set(self.ipset.list_names(R.OWNED_SETS))
+        """Adopt the members of our sets as the kernel has them: one ``ipset save`` (at start)."""
+        ours = self._ours()
+        out = run_tool(["ipset", "save"])
         self.sets = {}
-        for f in self.families:
-            for base in R.OWNED_SETS:
-                name = R.kernel_set(base, f)
-                if name in existing:
-                    self.sets[name] = set(self.ipset.members(name))
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[1] in ours:
+                if parts[0] == "create":
+                    self.sets.setdefault(parts[1], set())
+                elif parts[0] == "add":
+                    self.sets.setdefault(parts[1], set()).add(parts[2])
+
+    def check_sets(self) -> None:
+        """Periodic drift check without reading members: ``ipset list -t`` gives each set's entry count;
+        a set that is missing or whose count differs from what was written is re-read."""
+        ours = self._ours()
+        counts: dict[str, int] = {}
+        name = ""
+        for line in run_tool(["ipset", "list", "-t"]).splitlines():
+            if line.startswith("Name: "):
+                name = line[6:].strip()
+            elif line.startswith("Number of entries: ") and name in ours:
+                counts[name] = int(line.split(":", 1)[1])
+        drifted = [n for n, members in self.sets.items() if counts.get(n) != len(members)]
+        if drifted:
+            log.warning("ipsets %s drifted (entry counts differ): re-reading", ", ".join(sorted(drifted)))
+            self.read_sets()
 
     def sync_sets(self, sets: Iterable[IpSet]) -> bool:
         """Make the sets hold exactly these entries; one restore for every set that differs."""

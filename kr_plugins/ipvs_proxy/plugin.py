@@ -483,7 +483,7 @@ class Plugin:
     def _sync_firewall(self, desired: Desired, full: bool, periodic: bool = False) -> None:
         assert self.fw is not None
         if periodic:
-            self.fw.read_sets()
+            self.fw.check_sets()
             self.fw.check_drift()
         self.set_refs = self._set_entries(list(self.models.values()))
         local = self._local_ips()

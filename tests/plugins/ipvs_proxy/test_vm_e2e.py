@@ -179,10 +179,15 @@ def test_bad_annotations_do_not_stop_good_services(topo, proxy):
 
 def test_drift_repaired_by_periodic_sync(topo, proxy):
     sh(topo.ns["node-1"], f"ipvsadm -D -t {EIP}:80")
+    sh(topo.ns["node-1"], f"ipset del kube-router-svip-prt {EIP},tcp:80")
+    sh(topo.ns["node-1"], "iptables -F KUBE-ROUTER-SERVICES")
     assert f"{EIP}:80" not in ipvsadm(topo)
     proxy.sync("periodic")
     out = ipvsadm(topo)
     assert f"TCP  {EIP}:80 rr" in out and out.count("Masq") >= 3 * 8
+    assert f"{EIP},tcp:80" in sh(topo.ns["node-1"], "ipset list kube-router-svip-prt")
+    assert "reject all unexpected" in sh(topo.ns["node-1"], "iptables -S KUBE-ROUTER-SERVICES")
+    assert who(topo.ask("ext", EIP, 80) for _ in range(3)) == {"a": 1, "b": 1, "c": 1}
     msgs = proxy.state()["summary"]["netlink_messages"]
     proxy.sync("periodic")
     assert proxy.state()["summary"]["netlink_messages"] == msgs  # nothing changed: nothing sent
