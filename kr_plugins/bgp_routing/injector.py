@@ -36,7 +36,8 @@ from .speaker import LearnedPath, Speaker
 log = logging.getLogger("kr.bgp_routing.injector")
 
 OVERLAY_TABLE = 77
-CATCHUP_EVENTS = 200  # per-path events within CATCHUP_WINDOW that make the watcher re-read the table
+CATCHUP_EVENTS = 50  # per-path events within CATCHUP_WINDOW that make the watcher re-read the table ...
+CATCHUP_FRACTION = 10  # ... and at least 1/10 of the table (a re-read costs ~12 us per path held)
 CATCHUP_WINDOW = 0.05
 ADOPT_GRACE = 20.0  # s: routes of a previous run are kept at least this long (GoBGP v3 retries every 5 s)
 BURST_QUIET = 0.005  # s without a new event that ends a burst
@@ -177,28 +178,30 @@ class Injector:
     def _watch_loop(self) -> None:
         """Read gobgpd's best-path stream. Its first message is the whole table (the ``init`` dump, one
         message); after it gobgpd sends one message per path, at a few thousand per second. When such a burst
-        is running (more than CATCHUP_EVENTS within CATCHUP_WINDOW) the stream is re-opened at once: the new
+        is running (more than CATCHUP_EVENTS, and a tenth of the table, within CATCHUP_WINDOW) the stream is re-opened at once: the new
         ``init`` dump carries the table as it is now, which is much faster than the queued per-path events."""
         backoff = 0.2
+        sp: Speaker | None = None
         while not self._stop.is_set():
             catch_up = False
             try:
-                sp = self.make_speaker()
-                self._speaker = sp
-                sp.wait_ready(timeout=5)
+                if sp is None:
+                    sp = self.make_speaker()
+                    self._speaker = sp
+                    sp.wait_ready(timeout=5)
                 self.connected.set()
-                backoff = 0.2
                 window_start, in_window = time.monotonic(), 0
                 for init, batch in sp.watch_best():
                     self._q.put(("init" if init else "paths", batch))
                     if init:
+                        backoff = 0.2
                         window_start, in_window = time.monotonic(), 0
                         continue
                     in_window += len(batch)
                     now = time.monotonic()
                     if now - window_start > CATCHUP_WINDOW:
                         window_start, in_window = now, 0
-                    elif in_window > CATCHUP_EVENTS:
+                    elif in_window > max(CATCHUP_EVENTS, len(self.routes) // CATCHUP_FRACTION):
                         catch_up = True
                         self.stats.catch_ups += 1
                         break
@@ -213,11 +216,12 @@ class Injector:
                 log.exception("gobgpd watch failed; reconnecting")
             finally:
                 self.connected.clear()
-                with contextlib.suppress(Exception):
-                    if self._speaker is not None:
-                        self._speaker.close()
             if catch_up:
-                continue
+                continue  # same channel, a new stream: its init dump is the table as it is now
+            if sp is not None:  # after an error: a new channel
+                with contextlib.suppress(Exception):
+                    sp.close()
+                sp = None
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 5.0)
 

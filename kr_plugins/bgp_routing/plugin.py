@@ -228,6 +228,7 @@ class Plugin:
         for svc in self.ctx.caches.services.list():
             self.vips[svc.key] = self._service_vips(svc.key, ips)
         self.reconcile(reason, full=True)
+        self.peer_status()  # refreshes kube_router_bgp_peer_info, as kube-router's periodic loop does
 
     @hookimpl
     def on_node(self, event: Event) -> None:

@@ -195,15 +195,19 @@ class Speaker:
         flt = api.WatchEventRequest.Table.Filter
         req = api.WatchEventRequest(table=api.WatchEventRequest.Table(filters=[flt(type=flt.BEST, init=True)]))
         first = True
-        for ev in self.stub.WatchEvent(req):
-            out = []
-            for p in ev.table.paths:
-                lp = self.decode_path(p)
-                if lp is not None:
-                    out.append(lp)
-            if out or first:
-                yield first, out
-            first = False
+        call = self.stub.WatchEvent(req)
+        try:
+            for ev in call:
+                out = []
+                for p in ev.table.paths:
+                    lp = self.decode_path(p)
+                    if lp is not None:
+                        out.append(lp)
+                if out or first:
+                    yield first, out
+                first = False
+        finally:  # the consumer stopped reading (or the stream broke): end the RPC, keep the channel
+            call.cancel()
 
     def list_global(self, fam: int = 4) -> list[LearnedPath]:
         api = self.g.api
