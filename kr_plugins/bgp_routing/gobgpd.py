@@ -65,8 +65,9 @@ class Gobgpd:
         return ["ip", "netns", "exec", self.netns, *argv] if self.netns else argv
 
     def _spawn(self, timeout: float = 10.0) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
+        for path in (self.socket_path, self.pidfile):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
         logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
@@ -79,6 +80,7 @@ class Gobgpd:
             if self.proc.poll() is not None:
                 raise GobgpdError(f"gobgpd exited with {self.proc.returncode} at start; see {self.log_path}")
             if os.path.exists(self.socket_path):
+                Path(self.pidfile).write_text(f"{self.proc.pid}\n")
                 log.info("gobgpd started (pid %d, api %s%s)", self.proc.pid, self.target,
                          f", netns {self.netns}" if self.netns else "")
                 return
@@ -86,7 +88,33 @@ class Gobgpd:
         self._kill(signal.SIGKILL)
         raise GobgpdError(f"gobgpd did not open {self.socket_path} within {timeout} s; see {self.log_path}")
 
-    def start(self) -> None:
+    @property
+    def pidfile(self) -> str:
+        return self.socket_path + ".pid"
+
+    def kill_leftover(self, sig: int = signal.SIGTERM) -> int | None:
+        """Stop a gobgpd a previous agent left running (it was killed before its ``stop``): found by the pid
+        file next to the socket, and only if that process still is a gobgpd serving this socket."""
+        try:
+            pid = int(Path(self.pidfile).read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError):
+            return None
+        if "gobgpd" not in cmdline or self.socket_path not in cmdline:
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        for _ in range(100):
+            if not os.path.exists(f"/proc/{pid}"):
+                break
+            time.sleep(0.05)
+        log.info("gobgpd (pid %d) left by a previous run stopped", pid)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.pidfile)
+        return pid
+
+    def start(self, *, graceful_restart: bool = False) -> None:
+        self.kill_leftover(signal.SIGKILL if graceful_restart else signal.SIGTERM)
         with self._lock:
             self._stopping.clear()
             self._spawn()
@@ -146,5 +174,6 @@ class Gobgpd:
             log.info("gobgpd (pid %d) stopped", self.proc.pid)
         if self._watcher and self._watcher is not threading.current_thread():
             self._watcher.join(timeout)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
+        for path in (self.socket_path, self.pidfile):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)

@@ -169,7 +169,7 @@ class Plugin:
         tcp = grpc_listen_addrs(s.gobgp_admin_address, s.gobgp_admin_port) if s.gobgp_admin_port else []
         self.daemon = Gobgpd(sock, binary=self.cfg.gobgpd, netns=self.netns, log_level=self.cfg.gobgpd_log_level,
                              extra_api_hosts=tcp, on_restart=self._on_gobgpd_restart)
-        self.daemon.start()
+        self.daemon.start(graceful_restart=s.bgp_graceful_restart)
         self.sp = Speaker(g, self.daemon.target)
         self.sp.wait_ready(10)
         assert self.metrics is not None
@@ -217,6 +217,9 @@ class Plugin:
                     break
         families = self.ctx.settings.families if self.ctx else (4,)
         Host(netns=self.netns, families=families).cleanup()
+        if self.ctx is not None:  # a gobgpd a crashed agent left behind
+            sock = self.cfg.socket or os.path.join(self.ctx.state_dir, "gobgpd.sock")
+            Gobgpd(sock, binary=self.cfg.gobgpd, netns=self.netns).kill_leftover()
 
     # ------------------------------------------------------------------------------------------ events
     @hookimpl

@@ -124,3 +124,25 @@ def test_graceful_restart_agent_restart_keeps_traffic(netlab_factory) -> None:  
     wait_for(lambda: "10.199.0.0" not in n1.routes(), 30, "stale adopted route removed")
     assert time.monotonic() - t0 > 10  # kept during the adoption grace period
     assert n2.pod_cidr.split("/")[0] in n1.routes()
+
+
+def test_new_agent_replaces_gobgpd_left_by_a_crashed_one(netlab_factory) -> None:  # type: ignore[no-untyped-def]
+    lab = netlab_factory(2)
+    n1, n2 = lab.nodes
+    for n in lab.nodes:
+        lab.start_agent(n)
+    lab.wait_established(n1, [n2.ip])
+    old = n1.plugin()
+    old_pid = old.daemon.pid
+    # a crash, as far as one can in-process: the agent's threads are gone, its gobgpd keeps running
+    old.daemon._stopping.set()
+    old.injector.stop()
+    n1.agent.broadcaster.stop(drain=False)
+    n1.agent = None
+    assert os.path.exists(f"/proc/{old_pid}")
+    lab.start_agent(n1)
+    wait_for(lambda: not os.path.exists(f"/proc/{old_pid}") or "zombie" in open(f"/proc/{old_pid}/status").read().lower(),
+             10, "the leftover gobgpd stopped")
+    lab.wait_established(n1, [n2.ip], timeout=30)
+    wait_for(lambda: n1.plugin().injector.snapshot(), 15, "routes re-learned")
+    assert lab.ping(n1, n2.pod_ip)
