@@ -172,7 +172,7 @@ class NetLab:
 
     # ---------------------------------------------------------------------------- ext / BIRD
     def start_bird(self, neighbors: list[LabNode], *, exports: list[str] | None = None, extra: str = "",
-                   exports_disabled: bool = False) -> None:
+                   exports_disabled: bool = False, template_extra: str = "") -> None:
         """BIRD in ``ext`` peering with ``neighbors``; ``exports`` are announced by a static protocol named
         ``announced`` (``birdc enable/disable announced`` switches them)."""
         self._ns(self.ext)
@@ -187,7 +187,7 @@ class NetLab:
                         for n in neighbors)
         conf = (f'log "{self.tmp}/bird.log" all;\nrouter id {EXT_IP};\nprotocol device {{ }}\n{static}\n'
                 f"template bgp k8snode {{ local {EXT_IP} as {EXT_ASN}; ipv4 {{ import all; export {export_filter}; }};\n"
-                f"  hold time 9; connect retry time 1; }}\n{extra}\n{peers}")
+                f"  hold time 9; connect retry time 1; {template_extra} }}\n{extra}\n{peers}")
         path = self.tmp / "bird.conf"
         path.write_text(conf)
         r = sh(None, "bird", "-p", "-c", str(path), check=False)

@@ -128,3 +128,22 @@ def test_ext_bird_communities_prepend_vips_restart_and_delete(netlab_factory) ->
     wait_for(lambda: n2.ip not in lab.peer_states(n1), 10, "node-2's peer removed from node-1")
     wait_for(lambda: n2.pod_cidr.split("/")[0] not in n1.routes(), 10, "node-2's route withdrawn from node-1")
     wait_for(lambda: "10.244.2.0/24" not in lab_ipset(n1), 10, "node-2's pod CIDR out of the ipset")
+
+
+def test_flag_peers_md5_import_policy(netlab_factory) -> None:  # type: ignore[no-untyped-def]
+    """--peer-router-* flags with an MD5 password; the import policy rejects the default route and the node's
+    customimportreject prefixes; the export policy sends no VIPs and no pod CIDRs with --advertise-pod-cidr=false."""
+    import base64
+
+    lab = netlab_factory(1)
+    n1 = lab.nodes[0]
+    lab.start_bird([n1], exports=["0.0.0.0/0", "172.30.0.0/24", "172.31.0.0/24"], template_extra='password "s3cret";')
+    n1.annotations = {"kube-router.io/node.bgp.customimportreject": "172.31.0.0/16"}
+    lab.start_agent(n1, **{"peer-router-ips": [EXT_IP], "peer-router-asns": [64600],
+                           "peer-router-passwords": [base64.b64encode(b"s3cret").decode()],
+                           "advertise-pod-cidr": False})
+    lab.wait_established(n1, [EXT_IP])
+    wait_for(lambda: "172.30.0.0/24" in n1.routes(), 10, "accepted route in the kernel")
+    routes = n1.routes()
+    assert "default" not in routes and "172.31.0.0" not in routes, routes
+    assert lab.birdc("show", "route", "protocol", "node_1").count("/") == 0  # nothing exported to BIRD
