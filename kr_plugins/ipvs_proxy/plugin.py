@@ -28,6 +28,8 @@ import ipaddress
 import json
 import logging
 import os
+import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -418,10 +420,24 @@ class Plugin:
             if self.metrics:
                 self.metrics.apply_failures.inc(len(res.failed or []))
             self.last_error = f"{len(res.failed or [])} IPVS operations failed (first: {os.strerror((res.failed or [])[0][1])})"
+        self._flush_udp_conntrack([o for o in ok if o[0] == DEL_DEST and o[1].proto == socket.IPPROTO_UDP])
         if self.metrics:
             self.metrics.netlink_messages.inc(res.sent)
         self.counters["netlink_messages"] += res.sent
         self.counters["netlink_batches"] += res.batches
+
+    def _flush_udp_conntrack(self, removed: list[Op]) -> None:
+        """UDP has no connection end: flows to a removed destination would keep going to it until they
+        time out. Delete their conntrack entries (kube-router runs ``conntrack -D`` too; here only the flows
+        whose reply comes from the removed endpoint, not every flow of the Service)."""
+        if not removed or not shutil.which("conntrack"):
+            return
+        for _kind, k, (addr, port) in removed[:100]:
+            argv = ["conntrack", "-D", "-p", "udp", "--orig-dst", k.addr, "--dport", str(k.port),
+                    "--reply-src", addr, "--reply-port-src", str(port)]
+            if k.family == 6:
+                argv[1:1] = ["-f", "ipv6"]
+            subprocess.run(argv, capture_output=True, check=False, timeout=10)  # exit 1: nothing matched
 
     def _after_apply(self, owners_changed: bool = True) -> None:
         self._write_owned(force=owners_changed)
