@@ -62,7 +62,7 @@ from .model import (
 )
 from .sync import Committed, commit, commit_bulk_adds, plan
 
-__version__ = "0.2.0"
+__version__ = "0.1.0"
 
 log = logging.getLogger("kr.ipvs_proxy")
 
