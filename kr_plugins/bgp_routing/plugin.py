@@ -450,13 +450,15 @@ class Plugin:
             log.info("BGP policies changed: soft reset (%s) of %d peers", direction, len(self.peers))
 
     def _drop_policies(self) -> None:
+        """This node became a route-reflector server: as kube-router, no policies (export everything)."""
         assert self.sp is not None
-        for slot, direction, default_accept in ((self.export, "export", True), (self.import_, "import", True)):
+        for slot, direction in ((self.export, "export"), (self.import_, "import")):
             if slot.statements is not None:
+                self.sp.assign(direction, None, True)
                 with contextlib.suppress(grpc.RpcError):
-                    self.sp.assign(direction, "", default_accept)
                     self.sp.delete_policy(slot.name)
                 slot.statements = None
+                self._pending_reset.add("out" if direction == "export" else "in")
         log.info("route reflector server: BGP policies removed")
 
     def _apply_peers(self, want: dict[str, PeerSpec]) -> None:

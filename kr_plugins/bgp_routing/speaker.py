@@ -259,9 +259,10 @@ class Speaker:
         api = self.g.api
         self.stub.DeletePolicy(api.DeletePolicyRequest(policy=api.Policy(name=name), all=True), timeout=RPC_TIMEOUT)
 
-    def assign(self, direction: str, policy: str, default_accept: bool) -> None:
+    def assign(self, direction: str, policy: str | None, default_accept: bool) -> None:
+        """Make ``policy`` (None: no policy at all) the global import/export policy."""
         api = self.g.api
         a = api.PolicyAssignment(name="global", direction=api.EXPORT if direction == "export" else api.IMPORT,
-                                 policies=[api.Policy(name=policy)],
+                                 policies=[api.Policy(name=policy)] if policy else [],
                                  default_action=api.ACCEPT if default_accept else api.REJECT)
         self.stub.SetPolicyAssignment(api.SetPolicyAssignmentRequest(assignment=a), timeout=RPC_TIMEOUT)

@@ -72,11 +72,26 @@ def test_lab_pod_routing_bird_restart_delete(netlab_factory) -> None:  # type: i
         want = {c for n in st.nodes for c in n.pod_cidrs}
         wait_for(lambda: want <= bird_cidrs(), 30, "BIRD has every node's pod CIDR")
 
+        # route-reflector topology, applied live: node-1 reflects, node-2 and node-3 peer only with it
+        kube.patch("/api/v1/nodes/node-1", {"metadata": {"annotations": {"kube-router.io/rr.server": "1"}}})
+        for n in ("node-2", "node-3"):
+            kube.patch(f"/api/v1/nodes/{n}", {"metadata": {"annotations": {"kube-router.io/rr.client": "1"}}})
+
+        def peers(node: str) -> dict[str, str]:
+            items = _state(name, node).get("items") or []
+            return {i["address"]: i["state"] for i in items if i.get("kind") == "peer"}
+
+        n1_ip = st.nodes[0].ip4
+        wait_for(lambda: set(peers("node-2")) == {n1_ip, ext_ip}, 15, "node-2 peers only with the reflector and ext")
+        wait_for(lambda: peers("node-2").get(n1_ip) == "ESTABLISHED", 30, "node-2 -> reflector established")
+        wait_for(lambda: _probe(name, "default/b", "default/c"), 30, "b reaches c through reflected routes")
+
         # kill -9 gobgpd on node-1: restarted, routes back, pods reach each other again
         pid = _state(name, "node-1")["summary"]["gobgpd_pid"]
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: (_state(name, "node-1").get("summary") or {}).get("gobgpd_restarts") == 1, 15, "restart")
         wait_for(lambda: (_state(name, "node-1").get("summary") or {}).get("established") == 3, 30, "sessions back")
+        wait_for(lambda: _probe(name, "default/b", "default/c"), 30, "b reaches c again (reflector back)")
         wait_for(lambda: _probe(name, "default/a", "default/b"), 15, "a reaches b again")
 
         # node-3 deleted: its pod CIDR leaves node-1's kernel and BIRD
