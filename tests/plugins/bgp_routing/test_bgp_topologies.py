@@ -57,6 +57,14 @@ def test_no_full_mesh_peers_by_node_asn_and_bad_input(netlab_factory) -> None:  
     logged = " ".join(a.plugin()._logged)
     assert "reserved" in logged and "remoteasn is required" in logged and "nonsense" in logged
     assert a.plugin().state()["summary"]["asn"] == 65010
+    # node-a moves to AS 65020, live: its BGP instance restarts with the new AS and it peers with c instead
+    a.annotations["kube-router.io/node.asn"] = "65020"
+    lab.publish(a.node())
+    wait_for(lambda: a.plugin().state()["summary"]["asn"] == 65020, 10, "new local AS")
+    wait_for(lambda: set(lab.peer_states(a)) == {c.ip}, 10, "a peers with c only")
+    lab.wait_established(a, [c.ip], timeout=30)
+    wait_for(lambda: f"{c.pod_cidr} via {c.ip}" in a.routes() and b.pod_cidr.split("/")[0] not in a.routes(), 10,
+             "a routes to c, not to b")
 
 
 def test_vxlan_overlay_across_subnets(netlab_factory) -> None:  # type: ignore[no-untyped-def]
