@@ -59,6 +59,22 @@ __version__ = "0.1.0"
 log = logging.getLogger("kr.bgp_routing")
 
 
+def _in_other_netns(netns: str | None) -> bool:
+    """True when the agent (or its ``netns``) runs in a named network namespace (``ip netns``, under
+    /run/netns): the lab and the tests, where several agents share one filesystem."""
+    if netns:
+        return True
+    try:
+        me = os.stat("/proc/thread-self/ns/net")
+        for entry in os.scandir("/run/netns"):
+            st = entry.stat()
+            if (st.st_dev, st.st_ino) == (me.st_dev, me.st_ino):
+                return True
+    except OSError:
+        pass
+    return False
+
+
 class Config(BaseModel):
     """The ``bgp_routing:`` section of the kr config file."""
 
@@ -70,7 +86,8 @@ class Config(BaseModel):
     socket: str = ""
     #: do everything (gobgpd, routes, links, iptables, ipsets) inside this named network namespace (tests)
     netns: str | None = None
-    #: CNI config file (default: $KUBE_ROUTER_CNI_CONF_FILE or /etc/cni/net.d/10-kuberouter.conf);
+    #: CNI config file (default: $KUBE_ROUTER_CNI_CONF_FILE or /etc/cni/net.d/10-kuberouter.conf, but
+    #: <state_dir>/10-kuberouter.conf when the agent runs in a named netns (`ip netns`), as in the lab);
     #: ``{state_dir}`` and ``{node}`` are replaced (one file per node when several agents share a filesystem)
     cni_conf_file: str = ""
     #: kube-bridge, CNI config, FORWARD accepts, pod egress masquerade (ipsets are always kept)
@@ -148,8 +165,12 @@ class Plugin:
         self.adv_flags = AdvertiseFlags(s.advertise_cluster_ip, s.advertise_external_ip, s.advertise_loadbalancer_ip)
 
     def _cni_path(self) -> str:
+        """The CNI config file. Default: kube-router's, unless this agent runs in a named network namespace
+        (the lab, tests: several agents share one filesystem), where it goes to the state dir."""
         assert self.ctx is not None
-        raw = self.cfg.cni_conf_file or os.environ.get("KUBE_ROUTER_CNI_CONF_FILE", DEFAULT_CNI_CONF)
+        raw = self.cfg.cni_conf_file or os.environ.get("KUBE_ROUTER_CNI_CONF_FILE", "")
+        if not raw:
+            raw = DEFAULT_CNI_CONF if not _in_other_netns(self.netns) else "{state_dir}/10-kuberouter.conf"
         return raw.replace("{state_dir}", self.ctx.state_dir).replace("{node}", self.ctx.node_name)
 
     @property

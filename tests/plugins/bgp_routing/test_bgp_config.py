@@ -38,3 +38,17 @@ def test_good_flags_and_section() -> None:
     with pytest.raises(Exception, match="Extra inputs"):
         validate_plugin_config(Plugin.info, {"socket_path": "/x"})
     assert validate_plugin_config(Plugin.info, {"netns": "x"}).netns == "x"
+
+
+def test_cni_default_outside_init_netns() -> None:
+    import os
+
+    from kr_core.net import netns
+    from kr_plugins.bgp_routing.plugin import _in_other_netns
+
+    assert _in_other_netns("some-netns")
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    with netns.temporary("krcni") as ns:
+        assert netns.call_in(ns, _in_other_netns, None)  # a named netns: the lab's CNI file goes to state_dir
+    assert not _in_other_netns(None)  # this test runs in the root namespace
