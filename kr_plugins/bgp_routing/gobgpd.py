@@ -62,6 +62,8 @@ class Gobgpd:
             raise GobgpdError(f"{self.binary} not found: apt-get install gobgpd")
         hosts = ",".join([self.target, *self.extra_api_hosts])
         argv = [path, "-p", "--pprof-disable", "-l", self.log_level, "--api-hosts", hosts]
+        if shutil.which("setpriv"):  # dies with the agent (as kube-router's in-process GoBGP), even on SIGKILL
+            argv = ["setpriv", "--pdeathsig", "KILL", *argv]
         return ["ip", "netns", "exec", self.netns, *argv] if self.netns else argv
 
     def _spawn(self, timeout: float = 10.0) -> None:
