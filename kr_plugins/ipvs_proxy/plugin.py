@@ -67,6 +67,7 @@ __version__ = "0.1.0"
 log = logging.getLogger("kr.ipvs_proxy")
 
 OWNED_FILE = "owned-vservers.json"
+DEST_CHECK_PER_SYNC = 1000
 SCHED_MODULES = tuple(f"ip_vs_{s}" for s in SCHEDULERS)
 
 
@@ -130,6 +131,7 @@ class Plugin:
         self.counters: Counter[str] = Counter({"netlink_messages": 0, "netlink_batches": 0})
         self.timings: dict[str, float] = {}  # phases of the last full sync, seconds
         self.adopt_ipvs_seconds = 0.0
+        self.dest_check_pos = 0
 
     # ================================================================================ lifecycle
     @hookimpl
@@ -395,11 +397,31 @@ class Plugin:
                 elif kernel[k] != params:
                     log.warning("virtual server %s changed behind kr's back (%s): correcting", k, kernel[k])
                     self.committed[k] = (kernel[k], dests)
+            self._check_dests()
         for k in list(self.dirty):
             self.committed.pop(k, None)
             if k in kernel:
                 self.committed[k] = (kernel[k], {d: (v[0], v[1]) for d, v in self.ipvs.dests(k).items()})
         self.dirty.clear()
+
+    def _check_dests(self) -> None:
+        """Destination-level drift, a slice per periodic sync: the destinations of up to
+        ``DEST_CHECK_PER_SYNC`` virtual servers (round robin) are dumped and compared; what differs is taken
+        as committed, so the diff repairs it. All of 10k servers are covered within 10 periods."""
+        assert self.ipvs is not None
+        keys = sorted(self.committed)
+        if not keys:
+            return
+        start = self.dest_check_pos % len(keys)
+        chosen = (keys[start:] + keys[:start])[:DEST_CHECK_PER_SYNC]
+        self.dest_check_pos = start + len(chosen)
+        for k in chosen:
+            params, dests = self.committed[k]
+            live = {d: (v[0], v[1]) for d, v in self.ipvs.dests(k).items()}
+            if live != dests:
+                log.warning("virtual server %s (Service %s): destinations changed behind kr's back: repairing", k,
+                            self.owner.get(k, "?"))
+                self.committed[k] = (params, live)
 
     def _apply(self, ops: list[Op], desired: dict[VKey, VirtualServer], bulk: bool = False) -> None:
         assert self.ipvs is not None

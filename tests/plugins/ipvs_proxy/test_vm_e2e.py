@@ -175,18 +175,25 @@ def test_bad_annotations_do_not_stop_good_services(topo, proxy):
     assert "TCP  10.96.0.20:80 rr persistent 10800" in out, out
     assert topo.ask("b", "10.96.0.20", 80).startswith("a ")
     assert len(who(topo.ask("ext", EIP, 80) for _ in range(3))) == 3
+    # the Service goes away: its virtual server, VIP and set entries with it
+    proxy.feed.delete(bad)
+    assert "10.96.0.20" not in ipvsadm(topo)
+    assert "10.96.0.20" not in sh(topo.ns["node-1"], "ip addr show kube-dummy-if")
+    assert "10.96.0.20" not in sh(topo.ns["node-1"], "ipset list kube-router-svip")
 
 
 def test_drift_repaired_by_periodic_sync(topo, proxy):
     sh(topo.ns["node-1"], f"ipvsadm -D -t {EIP}:80")
     sh(topo.ns["node-1"], f"ipset del kube-router-svip-prt {EIP},tcp:80")
     sh(topo.ns["node-1"], "iptables -F KUBE-ROUTER-SERVICES")
+    sh(topo.ns["node-1"], f"ipvsadm -d -t {LBIP}:80 -r {PODS['a'][1]}:8080")
     assert f"{EIP}:80" not in ipvsadm(topo)
     proxy.sync("periodic")
     out = ipvsadm(topo)
     assert f"TCP  {EIP}:80 rr" in out and out.count("Masq") >= 3 * 8
     assert f"{EIP},tcp:80" in sh(topo.ns["node-1"], "ipset list kube-router-svip-prt")
     assert "reject all unexpected" in sh(topo.ns["node-1"], "iptables -S KUBE-ROUTER-SERVICES")
+    assert PODS["a"][1] in sh(topo.ns["node-1"], f"ipvsadm -Ln -t {LBIP}:80")
     assert who(topo.ask("ext", EIP, 80) for _ in range(3)) == {"a": 1, "b": 1, "c": 1}
     msgs = proxy.state()["summary"]["netlink_messages"]
     proxy.sync("periodic")
