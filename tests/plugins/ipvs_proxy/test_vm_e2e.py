@@ -257,3 +257,41 @@ def test_graceful_termination_weight_zero_then_removed(tmp_path):
         finally:
             p.call(p.caller.cleanup)
             p.stop()
+
+
+def test_dual_stack_kernel_state(tmp_path):
+    """IPv4 + IPv6: virtual servers, NodePorts on both node IPs, VIPs with local routes, inet6 sets and
+    ip6tables chains."""
+    from kr_core.model import Node
+    from kr_core.net import netns
+
+    subprocess.run(["modprobe", "ipv6"], check=False)  # a module in the UML kernel
+    with netns.temporary("krp-ds") as ns:
+        sh(ns, "ip link add eth0 type dummy && ip addr add 192.168.80.1/24 dev eth0 && "
+               "ip addr add fd00:80::1/64 dev eth0 nodad && ip link set eth0 up")
+        n = Node.from_json({"metadata": {"name": "node-1"}, "spec": {"podCIDRs": ["10.244.1.0/24", "fd00:244::/64"]},
+                            "status": {"addresses": [{"type": "InternalIP", "address": "192.168.80.1"},
+                                                     {"type": "InternalIP", "address": "fd00:80::1"}]}})
+        s = svc("ds", cluster_ip=["10.96.0.40", "fd00:96::40"], type="NodePort", ipFamilies=["IPv4", "IPv6"],
+                ports=[{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30600}])
+        slices = [eps("ds", [ep("10.244.1.10")], ports=[{"name": "http", "port": 8080}]),
+                  eps("ds", [ep("fd00:244::10")], address_type="IPv6", ports=[{"name": "http", "port": 8080}])]
+        p = Proxy(ns, str(tmp_path), [n, s, *slices], flags={"enable-ipv6": True})
+        p.start()
+        try:
+            out = sh(ns, "ipvsadm -Ln")
+            for line in ("TCP  10.96.0.40:80 rr", "TCP  [fd00:96::40]:80 rr", "TCP  192.168.80.1:30600 rr",
+                         "TCP  [fd00:80::1]:30600 rr", "-> [fd00:244::10]:8080", "-> 10.244.1.10:8080"):
+                assert line in out, (line, out)
+            assert "fd00:96::40" in sh(ns, "ip -6 addr show kube-dummy-if")
+            route = sh(ns, "ip -6 route show table local fd00:96::40")
+            assert "dev kube-dummy-if" in route and "src fd00:80::1" in route, route
+            assert "src 192.168.80.1" in sh(ns, "ip route show table local 10.96.0.40")
+            assert "fd00:96::40" in sh(ns, "ipset list inet6:kube-router-svip")
+            assert "fd00:96::40,tcp:80" in sh(ns, "ipset list inet6:kube-router-svip-prt")
+            save6 = sh(ns, "ip6tables-save")
+            assert ":KUBE-ROUTER-SERVICES" in save6 and "--match-set inet6:kube-router-svip dst" in save6
+            assert "-j SNAT --to-source fd00:80::1" in save6
+        finally:
+            p.call(p.caller.cleanup)
+            p.stop()
