@@ -19,7 +19,7 @@ from typing import Any
 from kr_core.net import netns as kr_netns
 from kr_core.net import sysctl
 from kr_core.net.ipset import IpSet, IpsetRunner
-from kr_core.net.iptables import Family, Iptables, detect_mode
+from kr_core.net.iptables import Family, Iptables, detect_mode, render_rule
 
 log = logging.getLogger("kr.bgp_routing.host")
 
@@ -133,13 +133,26 @@ class Host:
         log.info("CNI config %s written (pod CIDRs %s)", path, ",".join(pod_cidrs))
         return True
 
+    def ensure_rule(self, fam: int, table: str, chain: str, rule: list[str], comment: str) -> bool:
+        """Insert ``rule`` (tagged with ``comment``) at the top of ``chain`` if it is not there, as kube-router's
+        routing controller does. Unlike :meth:`Iptables.ensure_jump` it never moves a present rule back to the
+        top: the network-policy plugin inserts its jump above these accepts and must stay first."""
+        ipt = self.ipt(fam)
+        cut = next((i for i, a in enumerate(rule) if a in ("-j", "-g")), len(rule))
+        full = [*rule[:cut], "-m", "comment", "--comment", comment, *rule[cut:]]
+        if ipt.exists(table, chain, full):
+            return False
+        ipt.remove_jump(table, chain, comment)  # an older variant of this rule
+        ipt.restore(f"*{table}\n-I {chain} 1 {render_rule(full)}\nCOMMIT\n")
+        log.info("%s/%s: inserted %r", table, chain, comment)
+        return True
+
     def forward_accepts(self, node_iface: str) -> None:
         for fam in self.families:
-            ipt = self.ipt(fam)
-            ipt.ensure_jump("filter", "FORWARD", ["-i", BRIDGE, "-j", "ACCEPT"], FWD_COMMENTS[0])
-            ipt.ensure_jump("filter", "FORWARD", ["-o", BRIDGE, "-j", "ACCEPT"], FWD_COMMENTS[1])
+            self.ensure_rule(fam, "filter", "FORWARD", ["-i", BRIDGE, "-j", "ACCEPT"], FWD_COMMENTS[0])
+            self.ensure_rule(fam, "filter", "FORWARD", ["-o", BRIDGE, "-j", "ACCEPT"], FWD_COMMENTS[1])
             if node_iface:
-                ipt.ensure_jump("filter", "FORWARD", ["-o", node_iface, "-j", "ACCEPT"], FWD_COMMENTS[2])
+                self.ensure_rule(fam, "filter", "FORWARD", ["-o", node_iface, "-j", "ACCEPT"], FWD_COMMENTS[2])
 
     def sync_ipsets(self, sets: list[IpSet]) -> bool:
         if sets == self.committed_sets:
@@ -153,9 +166,9 @@ class Host:
             ipt = self.ipt(fam)
             if enabled:
                 try:
-                    ipt.ensure_jump("nat", "POSTROUTING", masquerade_rule(fam), MASQ_COMMENT)
+                    self.ensure_rule(fam, "nat", "POSTROUTING", masquerade_rule(fam), MASQ_COMMENT)
                 except Exception:  # older kernels/iptables without --random-fully
-                    ipt.ensure_jump("nat", "POSTROUTING", masquerade_rule(fam, False), MASQ_COMMENT)
+                    self.ensure_rule(fam, "nat", "POSTROUTING", masquerade_rule(fam, False), MASQ_COMMENT)
             else:
                 ipt.remove_jump("nat", "POSTROUTING", MASQ_COMMENT)
 
