@@ -70,6 +70,7 @@ class Agent:
         state_dir: str = "/var/lib/kr",
         min_sync_interval: float = 1.0,
         serve_http: bool = True,
+        start_barrier_timeout: float = 60.0,
         separate_registries: bool = False,
     ) -> None:
         self.settings = settings
@@ -81,6 +82,7 @@ class Agent:
         self.state_dir = state_dir
         self.min_sync_interval = min_sync_interval
         self.serve_http = serve_http
+        self.start_barrier_timeout = start_barrier_timeout
         # one registry per plugin: for `kr cleanup --all-installed`, where two backends of one role (which
         # register the same kube_router_* names) are configured side by side
         self.separate_registries = separate_registries
@@ -189,6 +191,13 @@ class Agent:
                 worker.start(initial_sync=True, retry_start=lambda c=caller, x=ctx: c.start(x))
                 continue
             worker.start(initial_sync=True)
+            if caller.info.role in Role.START_ORDER and caller is not self.host.callers[-1]:
+                # kube-router's start barriers: routing's host setup (FORWARD accepts, kube-bridge) exists
+                # before the proxy starts, the proxy's INPUT firewall before network policy places its jumps
+                # above them. Wait for this plugin's first sync (bounded; a failed sync does not hold others).
+                if not worker.first_sync_done.wait(self.start_barrier_timeout):
+                    log.warning("plugin %s: initial sync still running after %.0fs; starting the next plugin",
+                                caller.name, self.start_barrier_timeout)
 
     def run(self) -> int:
         """Start, then block until SIGTERM/SIGINT (or :meth:`request_stop`), then stop. Returns an exit code."""

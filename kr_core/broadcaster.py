@@ -86,6 +86,7 @@ class PluginWorker:
         self._thread: threading.Thread | None = None
         self.last_health: Any = None
         self.start_error: str | None = None  # why the plugin's start hook is failing (retried on the worker)
+        self.first_sync_done = threading.Event()  # set after the first sync attempt (ok or not)
         self.started = False
         self.syncs_ok = 0
         self.events_delivered = 0
@@ -156,6 +157,8 @@ class PluginWorker:
                 self._sync_reason, self._sync_due = "initial", 0.0
         self._next_periodic = time.perf_counter() + self.sync_period
         self.started = retry_start is None
+        if retry_start is not None or not initial_sync:
+            self.first_sync_done.set()  # nobody waits for a plugin that could not start
         self._thread = threading.Thread(target=self._run, args=(retry_start,), name=f"kr-plugin-{self.name}",
                                         daemon=True)
         self._thread.start()
@@ -305,6 +308,12 @@ class PluginWorker:
             self._retry[key] = p
 
     def _sync(self, reason: str) -> None:
+        try:
+            self._sync_once(reason)
+        finally:
+            self.first_sync_done.set()
+
+    def _sync_once(self, reason: str) -> None:
         t0 = time.perf_counter()
         self._last_sync_start = t0
         try:

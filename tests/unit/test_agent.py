@@ -133,3 +133,26 @@ def test_model_views_from_api_json():
     assert not pod.actionable
 
 
+
+
+def test_start_barrier_waits_for_the_previous_roles_initial_sync(make_agent, recorder):  # noqa: F811
+    """As kube-router: routing's host setup (its first sync) is done before network policy starts, so the
+    policy jumps end up above routing's FORWARD accepts."""
+    import time
+
+    class SlowRouting:
+        info = PluginInfo(name="routing", role="pod-routing", version="1")
+
+        @hookimpl
+        def start(self, ctx):
+            recorder.add("routing", "start", None)
+
+        @hookimpl
+        def sync(self, reason):
+            time.sleep(0.3)
+            recorder.add("routing", "sync", reason)
+
+    agent, _ = make_agent(SlowRouting, recording_plugin("netpol", "network-policy", recorder))
+    agent.start()
+    order = [(p, h) for p, h, _ in recorder.calls if h in ("start", "sync")]
+    assert order[:3] == [("routing", "start"), ("routing", "sync"), ("netpol", "start")]
