@@ -81,6 +81,10 @@ class Demo:
         if not p.implemented:
             self.say(f"SKIP  {what}: {p.name} is a skeleton (not implemented yet) — {skipping}")
             return None
+        if role == "service-proxy" and p.name == "ipvs_proxy" and not host_has_ipvs():
+            self.say(f"SKIP  {what}: this kernel has no IPVS (`kr demo --vm auto` runs the demo in a VM) — "
+                     f"{skipping}")
+            return None
         return p
 
 
