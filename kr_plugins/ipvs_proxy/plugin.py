@@ -530,8 +530,11 @@ class Plugin:
             sets += R.ipsets(f, (a for a, n in self.set_refs.get(R.kernel_set(R.SET_SVIP, f), {}).items() if n > 0),
                              (e for e, n in self.set_refs.get(R.kernel_set(R.SET_SVIP_PRT, f), {}).items() if n > 0),
                              local[f])
+        t = time.perf_counter()
         self.fw.sync_sets(sets)
+        t = _lap(self.timings, "firewall_ipsets", t)
         self._apply_chains()
+        _lap(self.timings, "firewall_chains_and_jumps", t)
 
     def _apply_chains(self) -> None:
         """Chains first (created or rewritten), then the jumps into them, then deletion of chains no
