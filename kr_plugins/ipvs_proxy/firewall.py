@@ -10,13 +10,15 @@ single ``add``/``del`` lines in one ``ipset restore -exist`` for an event.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 
-from kr_core.net.ipset import IpSet, IpsetError, IpsetRunner
+from kr_core.net.ipset import IpSet, IpsetError, IpsetRunner, temp_name
 from kr_core.net.iptables import Family, Iptables, IptablesError, Mode, clean_comment, detect_mode, render_rule
 
 from . import rules as R
+from .ipsetnl import add_members
 
 log = logging.getLogger("kr.ipvs_proxy.firewall")
 
@@ -29,6 +31,7 @@ def run_tool(argv: list[str]) -> str:
 
 ChainKey = tuple[int, str, str]  # (family, table, chain)
 FAMILY = {4: Family.V4, 6: Family.V6}
+NETLINK_MIN_ENTRIES = 512  # below this a single ipset restore is cheaper than two restores + netlink
 
 
 class Firewall:
@@ -82,15 +85,50 @@ class Firewall:
             self.read_sets()
 
     def sync_sets(self, sets: Iterable[IpSet]) -> bool:
-        """Make the sets hold exactly these entries; one restore for every set that differs."""
+        """Make the sets hold exactly these entries (temporary set + swap) for every set that differs.
+
+        Small sets go through one ``ipset restore`` (:func:`kr_core.net.ipset.render_sync`). Large ones get
+        their temporary set created by a restore, filled over netlink (:mod:`.ipsetnl`, ~10x faster in UML
+        than a restore line per member) and swapped in by a second restore; any netlink refusal falls back to
+        the plain restore for that set."""
         changed = [s for s in sets if self.sets.get(s.kernel_name) != set(s.entries)]
         if not changed:
             return False
-        self.ipset.sync(changed)
+        big = [s for s in changed if len(s.entries) >= NETLINK_MIN_ENTRIES]
+        small = [s for s in changed if len(s.entries) < NETLINK_MIN_ENTRIES]
+        if big:
+            small += self._sync_big(big)
+        if small:
+            self.ipset.sync(small)
         self.writes += 1
         for s in changed:
             self.sets[s.kernel_name] = set(s.entries)
         return True
+
+    def _sync_big(self, sets: list[IpSet]) -> list[IpSet]:
+        """Netlink-filled temp+swap; returns the sets that must take the plain path instead."""
+        pre = []
+        for s in sets:
+            tmp = temp_name(s.kernel_name)
+            pre += [f"create {tmp} {s.create_options()} -exist", f"flush {tmp}"]
+        self.ipset.restore("\n".join(pre) + "\n")
+        done, fallback = [], []
+        for s in sets:
+            errs = add_members(temp_name(s.kernel_name), s.type, 4 if s.family == "inet" else 6, sorted(set(s.entries)))
+            if errs:
+                entry, e = next(iter(errs.items()))
+                log.warning("ipset %s: netlink fill refused %d entries (first %s: %s): using ipset restore",
+                            s.kernel_name, len(errs), entry, os.strerror(e))
+                fallback.append(s)
+            else:
+                done.append(s)
+        post = []
+        for s in done:
+            tmp = temp_name(s.kernel_name)
+            post += [f"create {s.kernel_name} {s.create_options()} -exist", f"swap {tmp} {s.kernel_name}", f"destroy {tmp}"]
+        post += [f"destroy {temp_name(s.kernel_name)}" for s in fallback]
+        self.ipset.restore("\n".join(post) + "\n")
+        return fallback
 
     def update_members(self, add: Iterable[tuple[str, str]], delete: Iterable[tuple[str, str]]) -> bool:
         """Hot path: single members, in one ``ipset restore -exist``."""

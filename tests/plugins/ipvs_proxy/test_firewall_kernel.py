@@ -39,6 +39,16 @@ def exercise(mode: str, with_ipvs_match: bool) -> None:
             sets = R.ipsets(4, ["10.96.0.10"], ["10.96.0.10,tcp:80", "10.96.0.10,udp:53"], ["192.168.1.5"]) + \
                 R.ipsets(6, ["fd00::10"], ["fd00::10,tcp:80"], ["fd00:1::5"])
             assert fw.sync_sets(sets) and not fw.sync_sets(sets)
+            # large sets are filled over netlink (temp set + swap); the live set keeps being referenced
+            many = [f"10.97.{i >> 8}.{i & 255}" for i in range(1500)]
+            big = R.ipsets(4, many, [f"{a},tcp:80" for a in many] + ["10.96.0.10,udp:53"], ["192.168.1.5"]) + \
+                R.ipsets(6, [f"fd00::{i:x}" for i in range(600)], ["fd00::10,tcp:80"], ["fd00:1::5"])
+            assert fw.sync_sets(big) and not fw.sync_sets(big)
+            assert len(fw.ipset.members("kube-router-svip-prt")) == 1501
+            assert "10.96.0.10,udp:53" in fw.ipset.members("kube-router-svip-prt")
+            assert len(fw.ipset.members("inet6:kube-router-svip")) == 600
+            assert not [n for n in fw.ipset.list_names() if n.startswith("TMP-")]
+            assert fw.sync_sets(sets) and set(fw.ipset.members("kube-router-svip")) == {"10.96.0.10"}
             ranges = [SourceRangeRule(4, "10.255.0.7", 6, 80, ("192.0.2.0/24",), "default/lb")]
             want = {
                 (4, "filter", R.CHAIN_SERVICES): R.firewall_rules(4, ranges),
