@@ -75,6 +75,12 @@ def _in_other_netns(netns: str | None) -> bool:
     return False
 
 
+def _routing_view(node: Any) -> tuple[Any, ...]:
+    """What routing reads from a Node: addresses, pod CIDRs, kube-router annotations."""
+    ann = tuple(sorted((k, v) for k, v in node.meta.annotations.items() if k.startswith("kube-router.io/")))
+    return node.addresses, node.pod_cidrs, ann
+
+
 class Config(BaseModel):
     """The ``bgp_routing:`` section of the kr config file."""
 
@@ -257,6 +263,9 @@ class Plugin:
     @hookimpl
     def on_node(self, event: Event) -> None:
         obj = event.obj
+        if event.type is EventType.MODIFIED and event.old is not None and event.new is not None \
+                and _routing_view(event.old) == _routing_view(event.new):
+            return  # status heartbeats, labels, conditions: nothing routing reads changed
         if event.type is EventType.DELETED:
             log.info("node %s deleted: removing its peer and routes", obj.name)
         elif event.new is not None and event.old is not None and obj.name == self.ctx.node_name:  # type: ignore[union-attr]

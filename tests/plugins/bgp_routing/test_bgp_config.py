@@ -52,3 +52,18 @@ def test_cni_default_outside_init_netns() -> None:
     with netns.temporary("krcni") as ns:
         assert netns.call_in(ns, _in_other_netns, None)  # a named netns: the lab's CNI file goes to state_dir
     assert not _in_other_netns(None)  # this test runs in the root namespace
+
+
+def test_node_heartbeats_are_ignored() -> None:
+    from kr_core.model import Node
+    from kr_plugins.bgp_routing.plugin import _routing_view
+
+    def node(rv: str, ready: str, ann: dict[str, str]) -> Node:
+        return Node.from_json({"metadata": {"name": "n", "resourceVersion": rv, "annotations": ann},
+                               "spec": {"podCIDRs": ["10.1.0.0/24"]},
+                               "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.1"}],
+                                          "conditions": [{"type": "Ready", "status": ready}]}})
+
+    a = node("1", "True", {"other.io/x": "1"})
+    assert _routing_view(a) == _routing_view(node("2", "False", {"other.io/x": "2"}))
+    assert _routing_view(a) != _routing_view(node("2", "True", {"kube-router.io/node.asn": "65000"}))
