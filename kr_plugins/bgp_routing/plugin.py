@@ -286,9 +286,15 @@ class Plugin:
     def _service_changed(self, key: str) -> None:
         assert self.ctx is not None
         me = self.ctx.caches.nodes.get(self.ctx.node_name)
-        self.vips[key] = self._service_vips(key, node_ips(me) if me else ())
-        if not self.vips[key].advertise and not self.vips[key].withdraw:
-            del self.vips[key]
+        new = self._service_vips(key, node_ips(me) if me else ())
+        old = self.vips.get(key, VipDecision())
+        if new.advertise == old.advertise:
+            if new.advertise or new.withdraw:
+                self.vips[key] = new
+            else:
+                self.vips.pop(key, None)
+            return  # nothing to advertise or withdraw (the common case: VIP advertisement is off)
+        self.vips[key] = new
         self.reconcile(f"service {key}")
 
     def _service_vips(self, key: str, ips: tuple[str, ...]) -> VipDecision:
