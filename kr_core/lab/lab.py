@@ -148,6 +148,10 @@ def agent_config(st: LabState, node: NodeInfo, user_cfg: dict[str, Any], install
         section = dict(cfg.get("hostsfile") or {})
         section.setdefault("path", str(st.dir / node.name / "services.hosts"))
         cfg["hostsfile"] = section
+    if "bgp_routing" in installed:  # the CNI config goes to the node's directory, never the host's /etc/cni
+        section = dict(cfg.get("bgp_routing") or {})
+        section.setdefault("cni_conf_file", str(st.dir / node.name / "10-kuberouter.conf"))
+        cfg["bgp_routing"] = section
     path = st.dir / node.name / "agent.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -119,7 +119,8 @@ def leftovers(name: str) -> dict[str, list[str]]:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "kr_core." in cmd and (d + "/" in cmd or cmd.rstrip().endswith(d)) and int(pid) != os.getpid():
+        ours = "kr_core." in cmd or "gobgpd" in cmd  # agents, kubelets, the API server, their gobgpd
+        if ours and (d + "/" in cmd or cmd.rstrip().endswith(d)) and int(pid) != os.getpid():
             procs.append(f"{pid} {cmd.strip()}")
     files = [d] if os.path.exists(d) else []
     return {k: v for k, v in {"netns": netns, "mounts": mounts, "processes": procs, "files": files}.items() if v}
