@@ -221,6 +221,18 @@ def validate_settings(s: Settings) -> None:
         raise ConfigError("bgp-graceful-restart-time", "must be > 0 and at most 4095s")
     if not 0 < s.bgp_graceful_restart_deferral_time <= 18 * 3600:
         raise ConfigError("bgp-graceful-restart-deferral-time", "must be > 0 and at most 18h")
+    if s.overlay_type not in ("subnet", "full"):
+        raise ConfigError("overlay-type", f"{s.overlay_type!r} is not one of: subnet, full")
+    if s.overlay_encap not in ("ipip", "fou", "vxlan"):  # vxlan: a kr extension (kernels without ipip/fou)
+        raise ConfigError("overlay-encap", f"{s.overlay_encap!r} is not one of: ipip, fou, vxlan")
+    if s.overlay_encap == "fou" and not 1024 <= s.overlay_encap_port <= 65535:
+        raise ConfigError("overlay-encap-port", "must be between 1024 and 65535")
+    if not 3 <= s.bgp_holdtime <= 65536:
+        raise ConfigError("bgp-holdtime", "must be between 3s and 18h12m16s")
+    if s.cluster_asn and not (64512 <= s.cluster_asn <= 65535 or 4200000000 <= s.cluster_asn <= 4294967294):
+        raise ConfigError("cluster-asn", f"{s.cluster_asn} is not a private ASN (64512-65535, 4200000000-4294967294)")
+    if not 1 <= s.bfd_detection_multiplier <= 255:
+        raise ConfigError("bfd-detection-multiplier", "must be between 1 and 255")
     for name in ("health-port", "metrics-port", "bgp-port", "gobgp-admin-port"):
         if not 0 <= s[name] <= 65535:
             raise ConfigError(name, f"{s[name]} is not a valid port")

@@ -107,6 +107,12 @@ def test_node_port_range_errors(text, msg):
         ({"service-node-port-range": "8090-8080"}, "service-node-port-range", ">="),
         ({"bgp-graceful-restart-time": 5000.0}, "bgp-graceful-restart-time", "4095"),
         ({"ipvs-sync-period": 0.0}, "ipvs-sync-period", "greater than 0"),
+        ({"overlay-type": "mesh"}, "overlay-type", "subnet, full"),
+        ({"overlay-encap": "gre"}, "overlay-encap", "ipip, fou"),
+        ({"overlay-encap": "fou", "overlay-encap-port": 80}, "overlay-encap-port", "1024"),
+        ({"bgp-holdtime": 1.0}, "bgp-holdtime", "3s"),
+        ({"cluster-asn": 100}, "cluster-asn", "private ASN"),
+        ({"bfd-detection-multiplier": 0}, "bfd-detection-multiplier", "255"),
     ],
 )
 def test_cross_field_validation(flags, path, msg):
