@@ -200,6 +200,17 @@ def test_drift_repaired_by_periodic_sync(topo, proxy):
     assert proxy.state()["summary"]["netlink_messages"] == msgs  # nothing changed: nothing sent
 
 
+def test_foreign_virtual_servers_are_left_alone(topo, proxy):
+    """kr owns only what it created: a virtual server made by someone else survives full syncs."""
+    sh(topo.ns["node-1"], "ipvsadm -A -t 10.99.99.99:1 -s rr && ipvsadm -a -t 10.99.99.99:1 -r 10.244.1.10:1 -m")
+    proxy.sync("periodic")
+    proxy.sync("requested")
+    assert "10.99.99.99:1" in ipvsadm(topo)
+    assert proxy.state()["summary"]["virtual_servers"] == len(
+        [ln for ln in ipvsadm(topo).splitlines() if ln.startswith(("TCP", "UDP"))]) - 1
+    sh(topo.ns["node-1"], "ipvsadm -D -t 10.99.99.99:1")
+
+
 def test_state_and_metrics(topo, proxy):
     st = proxy.state()
     assert st["summary"]["virtual_servers"] >= 8
