@@ -631,10 +631,24 @@ class Plugin:
     def _drain(self, drain: list[tuple[VKey, tuple[str, int]]]) -> None:
         if not drain:
             return
-        period = float(self._settings("ipvs-graceful-period"))
+        fallback = float(self._settings("ipvs-graceful-period"))
         now = time.monotonic()
         for item in drain:
-            self.graceful.setdefault(item, now + period)
+            if item not in self.graceful:
+                self.graceful[item] = now + self._grace_period(item[0], item[1][0], fallback)
+
+    def _grace_period(self, k: VKey, addr: str, fallback: float) -> float:
+        """The endpoint pod's ``terminationGracePeriodSeconds`` (kube-router's choice), else the flag."""
+        assert self.ctx is not None
+        ns = self.owner.get(k, "").partition("/")[0]
+        if ns:
+            try:
+                for pod in self.ctx.caches.pods_in(ns):
+                    if addr in pod.pod_ips and pod.termination_grace_period_seconds is not None:
+                        return float(pod.termination_grace_period_seconds)
+            except LookupError:
+                pass
+        return fallback
 
     def _graceful_timer(self) -> None:
         while not self.stopping.wait(self.cfg.graceful_check_interval):

@@ -245,17 +245,23 @@ def test_clean_host_cleanup_in_fresh_namespace():
 
 def test_graceful_termination_weight_zero_then_removed(tmp_path):
     """--ipvs-graceful-termination: a removed endpoint drains at weight 0, then goes (no connections)."""
+    from kr_core.model import Pod
     from kr_core.net import netns
 
     with netns.temporary("krp-grace") as ns:
         s = svc("g", cluster_ip="10.96.0.30", ports=[{"name": "http", "port": 80, "protocol": "TCP"}])
         two = eps("g", [ep("10.244.1.10"), ep("10.244.1.11")], ports=[{"name": "http", "port": 8080}])
-        p = Proxy(ns, str(tmp_path), [node("node-1", "192.168.70.1"), s, two],
+        pod = Pod.from_json({"metadata": {"name": "g-2", "namespace": "default"},
+                             "spec": {"nodeName": "node-1", "terminationGracePeriodSeconds": 7},
+                             "status": {"phase": "Running", "podIP": "10.244.1.11"}})
+        p = Proxy(ns, str(tmp_path), [node("node-1", "192.168.70.1"), s, two, pod],
                   flags={"ipvs-graceful-termination": True, "ipvs-graceful-period": 1.0},
                   section={"graceful_check_interval": 0.2})
         p.start()
         try:
             p.feed.update(eps("g", [ep("10.244.1.10")], ports=[{"name": "http", "port": 8080}]))
+            left = max(p.plugin.graceful.values()) - time.monotonic()
+            assert 5 < left <= 7, left  # the pod's terminationGracePeriodSeconds, not the 1 s flag
             out = sh(ns, "ipvsadm -Ln -t 10.96.0.30:80")
             assert "10.244.1.11:8080" in out and any(
                 "10.244.1.11:8080" in line and line.split()[3] == "0" for line in out.splitlines()), out
