@@ -324,9 +324,11 @@ class Plugin:
     def sync(self, reason: str) -> None:
         if not self.started:
             return
-        if reason == "graceful":
+        # A "graceful" request is still a full sync: the broadcaster merges pending requests into the first
+        # one's reason, so a request made meanwhile (a node change, a given-up event) may hide behind it.
+        # The timer asks only while destinations drain (experimental flag, bounded by the grace period).
+        if self.graceful:
             self._process_graceful()
-            return
         t0 = time.perf_counter()
         try:
             with gc_paused():
