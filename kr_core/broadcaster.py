@@ -133,6 +133,11 @@ class PluginWorker:
             if self._sync_reason is None:
                 self._sync_reason, self._sync_due = reason, due
             else:
+                # merged requests: the plugin sees every reason ("a; b"), so a cheap partial job asked for
+                # by one reason cannot hide a request for a full reconcile behind it
+                if reason not in self._sync_reason.split("; "):
+                    self._sync_reason = f"{self._sync_reason}; {reason}" if len(self._sync_reason) < 500 else \
+                        self._sync_reason
                 self._sync_due = min(self._sync_due, due)
             self._cond.notify()
 

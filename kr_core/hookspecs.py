@@ -59,7 +59,8 @@ def sync(reason: str) -> None:
     """Full reconcile: compute the desired state from the caches and apply the difference.
 
     Called with ``reason="initial"`` after ``start``, then every ``--*-sync-period`` (``reason="periodic"``)
-    and when the plugin called ``ctx.request_sync(reason)`` (debounced; that reason is passed through). The
+    and when the plugin called ``ctx.request_sync(reason)`` (debounced; requests that merge pass all their
+    reasons, joined by ``"; "``). The
     core itself also asks for ``"retry after failed <reason> sync"`` and, when an event was given up after its
     retries, ``"<hook> gave up on <namespace/name>"``: then the caches hold changes the plugin never saw as
     events, so only ``"periodic"`` may take shortcuts that trust the event stream. Each successful return is a
