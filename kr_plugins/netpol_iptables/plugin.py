@@ -27,12 +27,12 @@ import time
 from typing import Any, Literal
 
 import pydantic
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter
 
 from kr_core import Event, EventType, HealthReport, PluginContext, PluginInfo, Resource, Role, hookimpl
 from kr_core.net.iptables import Mode
 from kr_core.net.netpol import Desired, naming
-from kr_core.net.netpol.backend import pod_changed, remove_nft_state
+from kr_core.net.netpol.backend import BackendMetrics, ProblemLog, pod_changed, remove_nft_state
 
 from .dataplane import Dataplane
 from .render import Options, Ruleset, render
@@ -68,7 +68,6 @@ class Plugin:
         self.desired: Desired | None = None
         self.error = ""
         self.last_sync = 0.0
-        self.seen_problems: set[tuple[str, str]] = set()
         self.last_apply: Any = None
         self.switched = False
 
@@ -80,12 +79,9 @@ class Plugin:
         self.log = ctx.log
         self.families = tuple(ctx.settings.families)
         reg = ctx.metrics
-        self.m_sync = Histogram("kube_router_controller_iptables_sync_time", "Time to sync network policy",
-                                registry=reg)
-        self.m_chains = Gauge("kube_router_controller_policy_chains", "Active policy chains", registry=reg)
-        self.m_sets = Gauge("kube_router_controller_policy_ipsets", "Active policy ipsets", registry=reg)
-        self.m_problems = Counter("kr_netpol_iptables_bad_input_total",
-                                  "Policy rules/peers/ports skipped because of bad input", registry=reg)
+        m = BackendMetrics(reg, "netpol_iptables")
+        self.m_sync, self.m_chains, self.m_sets, self.m_problems = m.sync, m.chains, m.sets, m.problems
+        self._problem = ProblemLog(self.log, self.m_problems)
         self.m_members = Counter("kr_netpol_iptables_member_updates_total",
                                  "Set-membership-only updates (no iptables call)", registry=reg)
 
@@ -235,11 +231,3 @@ class Plugin:
         else:
             self.log.debug("%s: nothing to change", why)
 
-    def _problem(self, key: str, msg: str) -> None:
-        if (key, msg) in self.seen_problems:
-            return  # logged when first seen; a full sync recompiles every policy
-        if len(self.seen_problems) > 10000:
-            self.seen_problems.clear()
-        self.seen_problems.add((key, msg))
-        self.m_problems.inc()
-        self.log.warning("network policy %s: %s: skipped for that rule only", key, msg)

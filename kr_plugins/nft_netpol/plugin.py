@@ -23,11 +23,19 @@ import time
 from typing import Any
 
 import pydantic
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 
 from kr_core import Event, EventType, HealthReport, PluginContext, PluginInfo, Resource, Role, hookimpl
 from kr_core.net.netpol import Desired
-from kr_core.net.netpol.backend import Options, options_from, pod_changed, remove_iptables_state, remove_nft_state
+from kr_core.net.netpol.backend import (
+    BackendMetrics,
+    Options,
+    ProblemLog,
+    options_from,
+    pod_changed,
+    remove_iptables_state,
+    remove_nft_state,
+)
 from kr_core.net.nft import Nft
 
 from . import render
@@ -68,7 +76,6 @@ class Plugin:
         self.dirty = False  # a transaction failed: the next hook does a full rebuild
         self.switched = False  # the other backend's state was removed
         self.last_sync = 0.0
-        self.seen_problems: set[tuple[str, str]] = set()
 
     # ---------------------------------------------------------------------------------- lifecycle
     @hookimpl
@@ -78,12 +85,9 @@ class Plugin:
         self.log = ctx.log
         self.families = tuple(ctx.settings.families)
         reg = ctx.metrics
-        self.m_sync = Histogram("kube_router_controller_iptables_sync_time", "Time to sync network policy",
-                                registry=reg)
-        self.m_chains = Gauge("kube_router_controller_policy_chains", "Active policy chains", registry=reg)
-        self.m_sets = Gauge("kube_router_controller_policy_ipsets", "Active policy sets", registry=reg)
-        self.m_problems = Counter("kr_nft_netpol_bad_input_total",
-                                  "Policy rules/peers/ports skipped because of bad input", registry=reg)
+        m = BackendMetrics(reg, "nft_netpol")
+        self.m_sync, self.m_chains, self.m_sets, self.m_problems = m.sync, m.chains, m.sets, m.problems
+        self._problem = ProblemLog(self.log, self.m_problems)
         self.m_tx = Counter("kr_nft_netpol_transactions_total", "nft transactions sent", ["kind"], registry=reg)
         self.m_tx_size = Histogram("kr_nft_netpol_transaction_commands", "Commands per nft transaction",
                                    buckets=(1, 2, 5, 10, 20, 50, 100, 500, 1000, 10000, 100000), registry=reg)
@@ -261,11 +265,3 @@ class Plugin:
         self.log.error("%s", self.error)
         self.ctx.request_sync("nft transaction failed")
 
-    def _problem(self, key: str, msg: str) -> None:
-        if (key, msg) in self.seen_problems:
-            return  # logged when first seen; a full sync recompiles every policy
-        if len(self.seen_problems) > 10000:
-            self.seen_problems.clear()
-        self.seen_problems.add((key, msg))
-        self.m_problems.inc()
-        self.log.warning("network policy %s: %s: skipped for that rule only", key, msg)

@@ -127,3 +127,38 @@ def remove_nft_state(nft: Any = None, *, netns: str | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - no libnftables / no nf_tables: nothing of ours
         log.debug("nft: nothing removed: %s", exc)
         return 0
+
+
+# ------------------------------------------------------------------------------------ metrics and bad input
+
+class BackendMetrics:
+    """What both network-policy backends export: kube-router's series, plus ``kr_<backend>_bad_input_total``."""
+
+    def __init__(self, registry: Any, backend: str) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.sync = Histogram("kube_router_controller_iptables_sync_time", "Time to sync network policy",
+                              registry=registry)
+        self.chains = Gauge("kube_router_controller_policy_chains", "Active policy chains", registry=registry)
+        self.sets = Gauge("kube_router_controller_policy_ipsets", "Active policy ipsets", registry=registry)
+        self.problems = Counter(f"kr_{backend}_bad_input_total",
+                                "Policy rules/peers/ports skipped because of bad input", registry=registry)
+
+
+class ProblemLog:
+    """``on_problem`` for :class:`~kr_core.net.netpol.Desired`: bad input is logged against the policy once per
+    (object, message) and counted every first time; the rest of the dataplane goes on."""
+
+    def __init__(self, log: logging.Logger, counter: Any, limit: int = 10000) -> None:
+        self.log, self.counter, self.limit = log, counter, limit
+        self.seen: set[tuple[str, str]] = set()
+
+    def __call__(self, key: str, msg: str) -> None:
+        if (key, msg) in self.seen:
+            return  # logged when first seen; a full sync recompiles every policy
+        if len(self.seen) > self.limit:
+            self.seen.clear()
+        self.seen.add((key, msg))
+        self.counter.inc()
+        self.log.warning("network policy %s: %s: skipped for that rule only", key, msg)
+
