@@ -37,6 +37,12 @@ def _req(conn: http.client.HTTPConnection, method: str, path: str, body: Any = N
     return r.status, json.loads(raw) if raw else None
 
 
+def _proc_cpu(pid: int) -> float:
+    """user+system CPU seconds of process ``pid`` so far."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
@@ -120,6 +126,8 @@ def run(args: argparse.Namespace | None = None) -> dict[str, Any]:
         for t in threads:
             t.join(timeout=30)
         stop.set()
+        server_cpu = _proc_cpu(srv.pid)
+        client_cpu = time.process_time()
         lat = [g[n] - sent[n] for g in got for n in g if n in sent]
         missing = [total - len(g) for g in got]
         p50, p99 = _pct(lat, 0.5) * 1e3, _pct(lat, 0.99) * 1e3
@@ -127,7 +135,8 @@ def run(args: argparse.Namespace | None = None) -> dict[str, Any]:
             "name": "watch_fanout",
             "rows": [{"writes": total, "rate/s (achieved)": round(total / write_s), "watchers": n_watchers,
                       "p50 ms": round(p50, 2), "p99 ms": round(p99, 2), "max ms": round(max(lat) * 1e3, 1),
-                      "events missing (max per watcher)": max(missing), "writers": n_writers, "write errors": sum(errors)}],
+                      "events missing (max per watcher)": max(missing), "writers": n_writers, "write errors": sum(errors),
+                      "server CPU s": round(server_cpu, 1), "bench CPU s": round(client_cpu, 1)}],
             "goals": {"p99 write-to-event < 50 ms": {"measured": round(p99, 2), "met": p99 < 50},
                       "nothing dropped": {"measured": max(missing), "met": max(missing) == 0 and sum(errors) == 0}},
         }
