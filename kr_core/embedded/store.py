@@ -125,6 +125,22 @@ class Store:
         with self._lock:
             return self._objects.get(kind, {}).get((namespace, name))
 
+    def _range(self, kind: str, namespace: str | None, after: tuple[str, str] | None
+               ) -> tuple[dict[tuple[str, str], dict[str, Any]], list[tuple[str, str]], int, int]:
+        """(objects, sorted keys, lo, hi): the keys[lo:hi] of ``kind`` in ``namespace`` after ``after``.
+        Call with the lock held."""
+        objs = self._objects.get(kind, {})
+        keys = self._sorted.get(kind)
+        if keys is None:
+            keys = self._sorted[kind] = sorted(objs)
+        lo, hi = 0, len(keys)
+        if namespace is not None:
+            lo = bisect.bisect_left(keys, (namespace, ""))
+            hi = bisect.bisect_left(keys, (namespace + "\x00", ""))
+        if after is not None:
+            lo = max(lo, bisect.bisect_right(keys, after))
+        return objs, keys, lo, hi
+
     def list(self, kind: str, namespace: str | None = None, copy_items: bool = True,
              after: tuple[str, str] | None = None) -> tuple[list[dict[str, Any]], int]:
         """Objects of ``kind`` (in ``namespace`` if given; only those whose (namespace, name) key sorts
@@ -132,16 +148,7 @@ class Store:
         ``copy_items`` False the items are the stored dicts themselves (never mutated by the store, which
         replaces them on write): the caller must not modify them."""
         with self._lock:
-            objs = self._objects.get(kind, {})
-            keys = self._sorted.get(kind)
-            if keys is None:
-                keys = self._sorted[kind] = sorted(objs)
-            lo, hi = 0, len(keys)
-            if namespace is not None:
-                lo = bisect.bisect_left(keys, (namespace, ""))
-                hi = bisect.bisect_left(keys, (namespace + "\x00", ""))
-            if after is not None:
-                lo = max(lo, bisect.bisect_right(keys, after))
+            objs, keys, lo, hi = self._range(kind, namespace, after)
             sel = keys[lo:hi]
             if not copy_items:
                 return [objs[k] for k in sel], self._rv
@@ -152,16 +159,7 @@ class Store:
         """The first ``max_items`` objects of what :meth:`list` (``copy_items`` False) would return, how many
         that list would have in all, and the current resourceVersion: a page without touching the rest."""
         with self._lock:
-            objs = self._objects.get(kind, {})
-            keys = self._sorted.get(kind)
-            if keys is None:
-                keys = self._sorted[kind] = sorted(objs)
-            lo, hi = 0, len(keys)
-            if namespace is not None:
-                lo = bisect.bisect_left(keys, (namespace, ""))
-                hi = bisect.bisect_left(keys, (namespace + "\x00", ""))
-            if after is not None:
-                lo = max(lo, bisect.bisect_right(keys, after))
+            objs, keys, lo, hi = self._range(kind, namespace, after)
             sel = keys[lo:min(hi, lo + max(0, max_items))]
             return [objs[k] for k in sel], max(0, hi - lo), self._rv
 
