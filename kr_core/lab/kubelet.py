@@ -2,10 +2,10 @@
 
 It lists and watches the pods bound to its node (``fieldSelector=spec.nodeName=<node>``). For a new pod it
 creates a pod netns behind ``kube-bridge`` with the next free address of each of the node's pod CIDRs,
-starts a responder on every containerPort (``namespace/name\\n``; SCTP only where the kernel has it), and
-writes the status (phase Running, Ready, podIP(s), hostIP(s)). ``hostNetwork: true`` pods get no netns: they
-answer from the node's own address. Deleting the pod tears its netns down. On restart it adopts the pods
-whose netns still exists.
+starts a responder on every containerPort (``namespace/name\\n``; SCTP on a kernel without SCTP as raw
+INIT/INIT-ACK exchanges, see :mod:`kr_core.lab.rawsctp`), and writes the status (phase Running, Ready,
+podIP(s), hostIP(s)). ``hostNetwork: true`` pods get no netns: they answer from the node's own address.
+Deleting the pod tears its netns down. On restart it adopts the pods whose netns still exists.
 
 It runs in the root mount namespace and joins the node's netns itself (``--node-netns``).
 Run as ``python -m kr_core.lab.kubelet --lab NAME --node node-1 --kubeconfig FILE --ready-file FILE``.
@@ -28,7 +28,7 @@ from typing import Any
 
 from kr_core.lab import netns, topology
 from kr_core.lab.kube import ApiError, Kube, pod_key
-from kr_core.lab.responder import Responders, sctp_supported
+from kr_core.lab.responder import Responders
 from kr_core.lab.state import pod_netns
 
 log = logging.getLogger("kr.lab.kubelet")
@@ -64,7 +64,6 @@ class Kubelet:
         self.kube, self.lab, self.node, self.node_ns = kube, lab, node, node_ns
         self.pods: dict[str, PodRun] = {}
         self.responders = Responders()
-        self.sctp = sctp_supported()
         self.cidrs: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         self.host_ips: list[str] = []
         self.stop = threading.Event()
@@ -134,9 +133,6 @@ class Kubelet:
         host_network = bool(spec.get("hostNetwork"))
         ports = container_ports(pod)
         problems: list[str] = []
-        if not self.sctp and any(p == "SCTP" for p, _ in ports):
-            problems.append("SCTP: not supported by this kernel")
-            ports = [(p, n) for p, n in ports if p != "SCTP"]
         if host_network:
             run = PodRun(key, meta["uid"], None, None, list(self.host_ips))
             listen_ns = None  # this process already lives in the node's netns

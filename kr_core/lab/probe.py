@@ -5,6 +5,10 @@ Service: the name of any pod its selector picks; for a plain IP: the pod that ha
 The socket is created inside the FROM namespace by the probing thread (:func:`kr_core.lab.netns.in_netns`),
 so a whole matrix runs in parallel in one process. Each probe retries refused or unanswered attempts until
 its timeout; traffic that is dropped is reported as blocked once the window is over.
+
+SCTP on a kernel without SCTP (:func:`kr_core.lab.responder.sctp_supported` false) is a raw INIT/INIT-ACK
+exchange (:func:`kr_core.lab.rawsctp.exchange`), not an association: connected means the INIT-ACK came
+back with the pod's name in its State Cookie.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kr_core.lab import rawsctp
 from kr_core.lab.kube import ApiError, Kube
 from kr_core.lab.netns import in_netns
+from kr_core.lab.responder import sctp_supported
 from kr_core.lab.state import LabState, pod_netns
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
@@ -134,6 +140,8 @@ def _pick(ips: list[str], family: int) -> str | None:
 
 def _attempt(ns: str, ip: str, port: int, proto: str, timeout: float) -> str:
     fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    if proto == "SCTP" and not sctp_supported():
+        return rawsctp.exchange(ns, ip, port, timeout)
     with in_netns(ns):
         if proto == "UDP":
             s = socket.socket(fam, socket.SOCK_DGRAM)

@@ -1,9 +1,16 @@
 """Pod responders: on every containerPort a pod declares, answer ``namespace/name\\n``.
 
-TCP and SCTP (where the kernel has it): accept, send the answer, close. UDP: reply to each datagram with
-the answer. One :class:`Responders` instance (one thread, one selector) serves every pod of a node: its
-sockets are created inside each pod's netns (:func:`kr_core.lab.netns.in_netns`) and keep belonging to
-it, so no process per pod is needed.
+TCP and SCTP: accept, send the answer, close. UDP: reply to each datagram with the answer. One
+:class:`Responders` instance (one thread, one selector) serves every pod of a node: its sockets are
+created inside each pod's netns (:func:`kr_core.lab.netns.in_netns`) and keep belonging to it, so no
+process per pod is needed.
+
+SCTP uses the kernel's SCTP sockets where the kernel has SCTP (the VM). Where it has not
+(:func:`sctp_supported` is false, as on the development hosts), SCTP ports are served by one raw
+protocol-132 socket per netns and address family (:class:`kr_core.lab.rawsctp.RawServer`): an INIT to a
+served port is answered with an INIT-ACK carrying the answer in its State Cookie, any other INIT with an
+ABORT. That is a raw INIT/INIT-ACK exchange, not an SCTP
+association; :func:`kr_core.lab.rawsctp.exchange` is the matching client.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import threading
 from dataclasses import dataclass, field
 
 from kr_core.lab.netns import in_netns
+from kr_core.lab.rawsctp import RawServer
 
 log = logging.getLogger("kr.lab.responder")
 
@@ -23,6 +31,7 @@ PROTOCOLS = ("TCP", "UDP", "SCTP")
 
 
 def sctp_supported() -> bool:
+    """Whether this kernel has SCTP sockets (not cached: the VM loads the module at run time)."""
     try:
         socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP).close()
         return True
@@ -51,12 +60,16 @@ def _listen(family: int, proto: str, port: int) -> socket.socket:
 class _Served:
     answer: bytes
     sockets: list[tuple[socket.socket, str]] = field(default_factory=list)
+    raw: list[tuple[tuple[str | None, int], int]] = field(default_factory=list)  # ((netns, family), port)
 
 
 class Responders:
-    """Every pod's responder sockets, served by one thread."""
+    """Every pod's responder sockets, served by one thread. ``raw_sctp``: SCTP ports are served by raw
+    INIT/INIT-ACK exchanges (:mod:`kr_core.lab.rawsctp`); default: when the kernel has no SCTP."""
 
-    def __init__(self) -> None:
+    def __init__(self, raw_sctp: bool | None = None) -> None:
+        self.raw_sctp = not sctp_supported() if raw_sctp is None else raw_sctp
+        self.raw: dict[tuple[str | None, int], RawServer] = {}  # (netns, family): its SCTP ports
         self.sel = selectors.DefaultSelector()
         self.pods: dict[str, _Served] = {}
         self.lock = threading.Lock()
@@ -74,8 +87,11 @@ class Responders:
         served = _Served(answer=f"{key}\n".encode())
         problems: list[str] = []
         families = [socket.AF_INET] + ([socket.AF_INET6] if ipv6 else [])
+        raw_ports = {port for proto, port in ports if proto == "SCTP"} if self.raw_sctp else set()
         with in_netns(netns):
             for proto, port in ports:
+                if proto == "SCTP" and self.raw_sctp:
+                    continue
                 for fam in families:
                     try:
                         served.sockets.append((_listen(fam, proto, port), proto))
@@ -85,6 +101,21 @@ class Responders:
             self.pods[key] = served
             for s, proto in served.sockets:
                 self.sel.register(s, selectors.EVENT_READ, (proto, served.answer))
+            for fam in families if raw_ports else []:
+                where = (netns, fam)
+                if where not in self.raw:
+                    try:
+                        self.raw[where] = RawServer(netns, fam)
+                    except OSError as e:
+                        problems.append(f"SCTP (raw){'/v6' if fam == socket.AF_INET6 else ''}: {e.strerror or e}")
+                        continue
+                    self.sel.register(self.raw[where].sock, selectors.EVENT_READ, ("SCTP-RAW", self.raw[where]))
+                for port in sorted(raw_ports):
+                    if port in self.raw[where].ports:
+                        problems.append(f"SCTP/{port}{'/v6' if fam == socket.AF_INET6 else ''}: in use")
+                        continue
+                    self.raw[where].ports[port] = served.answer
+                    served.raw.append((where, port))
         self._wake()
         return problems
 
@@ -97,6 +128,14 @@ class Responders:
                 with contextlib.suppress(KeyError, ValueError):
                     self.sel.unregister(s)
                 s.close()
+            for where, port in served.raw:
+                r = self.raw[where]
+                r.ports.pop(port, None)
+                if not r.ports:
+                    del self.raw[where]
+                    with contextlib.suppress(KeyError, ValueError):
+                        self.sel.unregister(r.sock)
+                    r.close()
         self._wake()
 
     def close(self) -> None:
@@ -117,6 +156,10 @@ class Responders:
                         self._wake_r.recv(4096)
                     continue
                 proto, answer = key.data
+                if proto == "SCTP-RAW":
+                    with contextlib.suppress(OSError):
+                        answer.handle()
+                    continue
                 s = key.fileobj
                 assert isinstance(s, socket.socket)
                 try:
