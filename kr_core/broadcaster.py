@@ -246,9 +246,16 @@ class PluginWorker:
                     do_sync, self._sync_reason = self._sync_reason, None
             for fn, fut in calls:
                 self._run_call(fn, fut)
+            # the initial sync comes before the events queued while the caches filled (the hook order's
+            # promise): those events are already in the caches the sync reads, so after it they are cheap
+            # repeats, while before it each one would program the kernel alone, against a dataplane the
+            # plugin has not set up yet (sets and jumps that its first sync creates)
+            first = do_sync if do_sync is not None and "initial" in do_sync.split("; ") else None
+            if first is not None:
+                self._sync(first)
             if batch:
                 self._deliver(batch)
-            if do_sync is not None:
+            if do_sync is not None and first is None:
                 self._sync(do_sync)
             now = time.perf_counter()
             if now >= next_health:

@@ -221,3 +221,18 @@ def test_queue_depth_metric():
     w.stop()
     assert metrics.registry.get_sample_value("kr_plugin_events_total", {"plugin": "p"}) == 10
     assert metrics.registry.get_sample_value("kr_event_to_dataplane_seconds_count", {"plugin": "p"}) == 10
+
+
+def test_initial_sync_comes_before_the_events_queued_at_start():
+    """The hook order: ``sync("initial")`` and then the events the caches' first fill queued."""
+    calls: list[str] = []
+    b, (w,), _ = _workers(_plugin("p", lambda e: calls.append(f"event {e.obj.name}"),
+                                  sync=lambda reason: calls.append(f"sync {reason}")))
+    for i in range(3):
+        w.submit(_ev(A, f"s{i}", "1"))
+    w.start(initial_sync=True)
+    deadline = time.time() + 5
+    while len(calls) < 4 and time.time() < deadline:
+        time.sleep(0.01)
+    w.stop()
+    assert calls[:4] == ["sync initial", "event s0", "event s1", "event s2"]
