@@ -36,6 +36,7 @@ import base64
 import hashlib
 import ipaddress
 import logging
+import socket
 import subprocess
 import threading
 from collections.abc import Iterable, Sequence
@@ -111,9 +112,21 @@ class Invalid:
 
 
 def _check_addr(entry: str, family: str, net: bool) -> None:
-    addr = ipaddress.ip_network(entry, strict=False) if net else ipaddress.ip_address(entry)
-    if addr.version != (6 if family == "inet6" else 4):
+    """An address (``net``: address/prefix) of ``family``, checked with inet_pton (C; ~50x faster than
+    ipaddress, which matters for the tens of thousands of members of a full sync)."""
+    af = socket.AF_INET6 if family == "inet6" else socket.AF_INET
+    addr, slash, plen = entry.partition("/")
+    try:
+        socket.inet_pton(af, addr)
+        if not slash or (net and plen.isdigit() and int(plen) <= (128 if af == socket.AF_INET6 else 32)):
+            return
+    except OSError:
+        pass
+    # invalid: let ipaddress say why
+    parsed = ipaddress.ip_network(entry, strict=False) if net else ipaddress.ip_address(entry)
+    if parsed.version != (6 if family == "inet6" else 4):
         raise ValueError(f"address family is not {family}")
+    raise ValueError(f"not a plain {'prefix' if net else 'address'}")
 
 
 def validate_entry(set_type: str, family: str, entry: str) -> None:

@@ -295,31 +295,45 @@ class Iptables:
 
     def ensure_jump(self, table: str, chain: str, rule: Sequence[str], comment: str) -> bool:
         """Keep ``rule`` (with ``-m comment --comment COMMENT`` added) as the only rule carrying that
-        comment in ``chain``, at position 1. Returns True when something changed.
+        comment in ``chain``, at position 1. Returns True when something changed (see :meth:`ensure_jumps`)."""
+        return self.ensure_jumps(table, [(chain, rule, comment)])
+
+    def ensure_jumps(self, table: str, jumps: Sequence[tuple[str, Sequence[str], str]]) -> bool:
+        """:meth:`ensure_jump` for several (chain, rule, comment) at once: one save of ``table``, and one
+        restore for everything that must change (none when every jump is already first and identical).
 
         The comment is the rule's identity: stale copies (other match, other position) are deleted and the
-        rule is inserted at the top in one restore. Already first and identical: nothing is run but ``-S``.
+        rule is inserted at the top. Deletes are by spec, not by number, so a rule another tool inserts
+        meanwhile is never hit; a restore refused because a chain changed under us is retried once.
         """
-        comment = clean_comment(comment)
-        rule = list(rule)
-        cut = next((i for i, a in enumerate(rule) if a in ("-j", "-g", "--jump", "--goto")), len(rule))
-        full = [*rule[:cut], "-m", "comment", "--comment", comment, *rule[cut:]]  # where -S prints it
-        want = f"-A {chain} {render_rule(_canonical(full))}"
+        wanted = []
+        for chain, rule, comment in jumps:
+            comment = clean_comment(comment)
+            rule = list(rule)
+            cut = next((i for i, a in enumerate(rule) if a in ("-j", "-g", "--jump", "--goto")), len(rule))
+            full = [*rule[:cut], "-m", "comment", "--comment", comment, *rule[cut:]]  # where -S prints it
+            wanted.append((chain, comment, full, f"-A {chain} {render_rule(_canonical(full))}"))
         for attempt in (1, 2):
-            current = self.list_rules(table, chain)
-            tagged = _tagged(current, comment)
-            if tagged == [1] and _same_rule(current[0], want):
+            saved = self.save(table)
+            lines: list[str] = []
+            placed = []
+            for chain, comment, full, want in wanted:
+                current = parse_rules(saved, chain)
+                tagged = _tagged(current, comment)
+                if tagged == [1] and _same_rule(current[0], want):
+                    continue
+                lines += [*(f"-D {current[i - 1][3:]}" for i in tagged), f"-I {chain} 1 {render_rule(full)}"]
+                placed.append((comment, chain, len(tagged)))
+            if not lines:
                 return False
-            # delete by spec, not by number: a rule another tool inserts meanwhile is never hit
-            lines = [f"*{table}", *(f"-D {current[i - 1][3:]}" for i in tagged),
-                     f"-I {chain} 1 {render_rule(full)}", "COMMIT"]
             try:
-                self.restore("\n".join(lines) + "\n")
+                self.restore("\n".join([f"*{table}", *lines, "COMMIT"]) + "\n")
             except IptablesError:
                 if attempt == 2:
                     raise
-                continue  # the chain changed between -S and the restore: read it again
-            log.info("%s: jump %r placed first in %s/%s (replaced %d)", self, comment, table, chain, len(tagged))
+                continue  # a chain changed between the save and the restore: read it again
+            for comment, chain, n in placed:
+                log.info("%s: jump %r placed first in %s/%s (replaced %d)", self, comment, table, chain, n)
             return True
         raise AssertionError("unreachable")
 

@@ -234,9 +234,10 @@ class Dataplane:
         """kr's jumps at position 1 of INPUT/FORWARD/OUTPUT (identified by comment; re-placed if moved)."""
         changed = False
         for f in self.families:
-            for builtin, chain in naming.TOP_CHAINS.items():
-                if chain in self.chains[f]:
-                    changed |= self.ipt[f].ensure_jump("filter", builtin, ["-j", chain], naming.jump_comment(chain))
+            jumps = [(builtin, ["-j", chain], naming.jump_comment(chain))
+                     for builtin, chain in naming.TOP_CHAINS.items() if chain in self.chains[f]]
+            if jumps:
+                changed |= self.ipt[f].ensure_jumps("filter", jumps)
         return changed
 
     # -------------------------------------------------------------------------------------- cleanup

@@ -259,6 +259,7 @@ class Plugin:
 
     def _failed(self, why: str, exc: Exception) -> None:
         self.rendered = None
+        self.renderer.forget()
         self.error = f"{why}: nft transaction failed (previous rules kept): {exc}"
         self.dirty = True
         self.m_failures.inc()

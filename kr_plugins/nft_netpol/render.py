@@ -383,6 +383,12 @@ class Renderer:
         self._pod: dict[tuple[LocalPod, str, Options], tuple[Rule, ...]] = {}
         self._psets: dict[str, tuple[CompiledPolicy, frozenset[NamedPortGroup], tuple[SetSpec, ...]]] = {}
 
+    def forget(self) -> None:
+        """Drop the reused chains (after a refused transaction the retry renders everything afresh)."""
+        self._pol.clear()
+        self._pod.clear()
+        self._psets.clear()
+
     def render(self, desired: Desired, opts: Options, *, elements: bool = True) -> Ruleset:
         """Everything this node needs. ``elements=False``: set elements left as ``None`` (the caller moves
         members itself); only the structure (chains, set definitions, maps) is computed."""

@@ -129,6 +129,25 @@ def test_ensure_jump_with_matches_is_idempotent(ipt: Iptables) -> None:
                                          "-j KUBE-ROUTER-TCP")
 
 
+def test_ensure_jumps_in_one_save_and_restore(ipt: Iptables, monkeypatch: pytest.MonkeyPatch) -> None:
+    ipt.apply({}, create={"filter": ["KUBE-ROUTER-INPUT", "KUBE-ROUTER-FORWARD", "KUBE-ROUTER-OUTPUT"]})
+    jumps = [(b, ["-j", f"KUBE-ROUTER-{b}"], f"kr jump {b}") for b in ("INPUT", "FORWARD", "OUTPUT")]
+    calls: list[str] = []
+    real = ipt._run
+    monkeypatch.setattr(ipt, "_run", lambda tool, *a, **k: (calls.append(tool), real(tool, *a, **k))[1])
+    assert ipt.ensure_jumps("filter", jumps)
+    assert calls == ["save", "restore"]
+    calls.clear()
+    assert not ipt.ensure_jumps("filter", jumps)
+    assert calls == ["save"]  # all in place: nothing written
+    netns.run(ipt.netns, [f"iptables-{ipt.mode}", "-w", "-I", "FORWARD", "1", "-j", "ACCEPT"])  # pushed down
+    assert ipt.ensure_jumps("filter", jumps)
+    for b in ("INPUT", "FORWARD", "OUTPUT"):
+        rules = ipt.list_rules("filter", b)
+        assert rules[0] == f'-A {b} -m comment --comment "kr jump {b}" -j KUBE-ROUTER-{b}'
+        assert len(rules) == (2 if b == "FORWARD" else 1)
+
+
 @pytest.mark.parametrize("mode", MODES, ids=str)
 def test_ipv6_restore(ns: str, mode: Mode) -> None:
     need_tools(f"ip6tables-{mode}-restore")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kr_core.net import netns
-from kr_core.net.nft import Nft, NftError
+from kr_core.net.nft import Nft, NftError, list_tables
 
 from .conftest import A_IP
 
@@ -86,3 +86,16 @@ def test_text_and_netns_isolation(make_ns) -> None:
     # a context made in netns a keeps talking to a even from a thread that sits in b
     netns.call_in(b, lambda: na.run_text("add table inet kr-second"))
     assert na.table_exists("inet", "kr-second") and not Nft(netns=b).table_exists("inet", "kr-second")
+
+
+def test_list_tables_by_raw_dump(make_ns) -> None:
+    """The raw GETTABLE dump sees exactly the tables nft lists, per namespace and family."""
+    a, b = make_ns(), make_ns()
+    assert list_tables(a) == set()
+    Nft(netns=a).run_text("add table inet kr-a\nadd table ip kube-router-filter-ipv4\nadd table ip6 six\n"
+                          "add table bridge br\n")
+    assert list_tables(a) == {("inet", "kr-a"), ("ip", "kube-router-filter-ipv4"), ("ip6", "six"), ("bridge", "br")}
+    assert list_tables(b) == set()
+    # many tables: the dump spans several netlink reads
+    Nft(netns=b).run_text("".join(f"add table inet t{i}\n" for i in range(300)))
+    assert list_tables(b) == {("inet", f"t{i}") for i in range(300)}

@@ -116,11 +116,15 @@ def remove_nft_state(nft: Any = None, *, netns: str | None = None) -> int:
     """Delete nft_netpol's table and kube-router's nft tables; ``nft`` an existing :class:`kr_core.net.nft.Nft`.
     Returns how many tables went."""
     try:
+        from kr_core.net.nft import Nft, list_tables
+
+        present = [t for t in NFT_TABLES if t in list_tables(netns)]
+        if not present:  # the usual case, without loading libnftables and its ruleset cache
+            return 0
         if nft is None:
-            from kr_core.net.nft import Nft
             nft = Nft(netns=netns)
         n = 0
-        for family, name in NFT_TABLES:
+        for family, name in present:
             if nft.delete_table(family, name):
                 n += 1
         return n

@@ -1,23 +1,29 @@
 """The desired network-policy state of one node, built from the caches and kept up to date per pod.
 
-:class:`Desired` holds the compiled policies, every set with its members, the named-port groups that
-exist, and for each local pod the policies that select it per direction. :meth:`Desired.update_pod` moves
-one pod's memberships and reports what changed, so a backend can tell a membership-only change (set
-add/del) from one that changes rule text (a new named-port group, a local pod's policies, a policy that
-starts or stops selecting a local pod).
+:class:`Desired` holds every compiled policy, and for the policies this node needs (those selecting at
+least one local pod) their sets with members and their named-port groups; for each local pod the policies
+that select it per direction. Policies no local pod needs get no sets: their chains are not programmed on
+this node, so their members would be work for nothing. A policy becoming needed (a local pod appears or is
+relabelled) gets its sets then, from the pod index.
+
+Sets are computed by set algebra over a :class:`~.podindex.PodIndex` (labels -> pods), so a full build
+costs about one pass over the pods plus a few set operations per selector, not pods x selectors matches.
+:meth:`Desired.update_pod` moves one pod's memberships and reports what changed, so a backend can tell a
+membership-only change (set add/del) from one that changes rule text (a new named-port group, a local
+pod's policies, a policy that starts or stops selecting a local pod).
 
 Both network-policy backends (iptables + ipset, nftables) build their rules from this.
 """
 
 from __future__ import annotations
 
-import functools
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
 from typing import Any
 
-from kr_core.model import Namespace, NetworkPolicy, Pod
+from kr_core.model import LabelSelector, Namespace, NetworkPolicy, Pod
 
 from .model import (
     EGRESS,
@@ -34,13 +40,7 @@ from .model import (
     static_sets,
     view_memberships,
 )
-
-_PLACEHOLDER = {4: "0.0.0.1", 6: "::1"}
-
-
-@functools.lru_cache(maxsize=16384)
-def _static_names(cp: CompiledPolicy) -> frozenset[str]:
-    return frozenset(s.name for s in static_sets(cp))
+from .podindex import EMPTY, PodIndex
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +60,7 @@ class LocalPod:
 
 @dataclass
 class PodDelta:
-    """What one pod's change did: set members added/removed; whether rule text may have changed."""
+    """What one change did: set members added/removed; whether rule text may have changed."""
 
     added: list[Membership] = field(default_factory=list)
     removed: list[Membership] = field(default_factory=list)
@@ -71,6 +71,12 @@ class PodDelta:
     def rules_changed(self) -> bool:
         return bool(self.groups_changed) or self.local_changed
 
+    def merge(self, other: PodDelta) -> None:
+        self.added += other.added
+        self.removed += other.removed
+        self.groups_changed |= other.groups_changed
+        self.local_changed |= other.local_changed
+
 
 class Desired:
     """Desired state for one node. Not thread-safe: owned by the plugin's worker."""
@@ -80,155 +86,132 @@ class Desired:
         self.node_name = node_name
         self.families = tuple(sorted(set(families)))
         self.on_problem = on_problem or (lambda key, msg: None)
+        self._compiled: dict[str, tuple[NetworkPolicy, CompiledPolicy]] = {}  # reused while the object is the same
+        self._reset()
+
+    def _reset(self) -> None:
         self.policies: dict[str, CompiledPolicy] = {}
-        self.sets: dict[str, SetContent] = {}
-        self.refs: dict[str, Counter[str]] = {}
-        self.groups: dict[str, Counter[NamedPortGroup]] = {}
-        self.target_sets: dict[str, tuple[str, str]] = {}  # set name -> (policy key, direction)
-        self.pod_members: dict[str, frozenset[Membership]] = {}
-        self.local: dict[str, LocalPod] = {}
+        self.by_ns: dict[str, list[CompiledPolicy]] = {}  # policies by their namespace (the pods they target)
         self.ns_labels: dict[str, Mapping[str, str]] = {}
-        self.by_ns: dict[str, list[CompiledPolicy]] = {}  # policies whose sets a pod of that namespace may be in
-        self.cross: list[CompiledPolicy] = []  # ... plus these, for a pod of any namespace
-        self._cands: dict[str, list[NsView]] = {}  # namespace -> policies that may select its pods
-        self._sel_memo: dict[tuple[Any, Any], bool] = {}  # (selector, labels) -> matches, during build()
-        self.pods: dict[str, Pod] = {}  # actionable pods by key
-        self.pods_by_ns: dict[str, set[str]] = {}
+        self.index = PodIndex(self.families)
+        self.local: dict[str, LocalPod] = {}
+        self.need: Counter[str] = Counter()  # policy key -> local pods it selects
+        self.sets: dict[str, SetContent] = {}
+        self.set_owner: dict[str, tuple[str, NamedPortGroup | None]] = {}  # set -> (policy, named-port group)
+        self.policy_sets: dict[str, set[str]] = {}  # needed policy -> its sets
+        self.groups: dict[str, Counter[NamedPortGroup]] = {}  # needed policy -> group -> sets of the group
+        self._cands: dict[str, list[NsView]] = {}  # namespace -> needed policies that may put its pods in sets
+        self._ns_sel: dict[LabelSelector, tuple[str, ...]] = {}  # namespace selector -> namespaces
+
+    @property
+    def pods(self) -> Mapping[str, Pod]:
+        """Actionable pods (with an address of the node's families) by key."""
+        return self.index.pods
 
     # ------------------------------------------------------------------------------------- full build
     def build(self, policies: Iterable[NetworkPolicy], pods: Iterable[Pod], namespaces: Iterable[Namespace]) -> None:
         """Rebuild everything (a full sync)."""
-        self.__init__(self.node_name, self.families, on_problem=self.on_problem)  # type: ignore[misc]
+        self._reset()
         self.ns_labels = {ns.meta.name: ns.meta.labels for ns in namespaces}
-        for pol in sorted(policies, key=lambda p: p.key):
-            cp = compile_policy(pol, self.families)
-            for msg in cp.problems:
-                self.on_problem(cp.key, msg)
+        compiled = {}
+        for pol in policies:
+            cp = self._compile(pol)
+            compiled[cp.key] = self._compiled[cp.key]
             self.policies[cp.key] = cp
-            for s in static_sets(cp):
-                self.sets.setdefault(s.name, s)
-            for d in cp.directions():
-                for f in cp.families:
-                    self.target_sets[cp.target_set(d, f)] = (cp.key, d)
-        for cp in self.policies.values():
-            (self.cross if cp.cross_namespace else self.by_ns.setdefault(cp.namespace, [])).append(cp)
-        memo: dict[tuple, list[Membership]] = {}
-        for pod in pods:
-            if not pod.actionable:
+            self.by_ns.setdefault(cp.namespace, []).append(cp)
+        self._compiled = compiled
+        idx, node = self.index, self.node_name
+        for key in idx.load(pods):
+            pod = idx.pods[key]
+            if pod.node_name != node:
                 continue
-            self._remember(pod.key, pod)
-            fams = tuple(sorted({ip_family(ip) for ip in pod.pod_ips}))
-            mkey = (pod.meta.namespace, pod.meta.labels, pod.ports, fams)
-            tmpl = memo.get(mkey)
-            if tmpl is None:
-                probe = replace(pod, pod_ips=tuple(_PLACEHOLDER[f] for f in fams))
-                labels = pod.meta.labels
-                tmpl = memo[mkey] = [m for v in self._candidates(pod.meta.namespace)
-                                     if could_match(v, labels, self._sel_memo) for m in view_memberships(v, probe)]
-            by_fam = {f: [ip for ip in pod.pod_ips if ip_family(ip) == f] for f in fams}
-            members = frozenset(Membership(m.set_name, m.family, ip, m.policy, m.group)
-                                for m in tmpl for ip in by_fam[m.family])
-            self._add_members(pod.key, members)
-            self._set_local(pod)
-        self._sel_memo.clear()
+            lp = self._local_of(pod)
+            if lp is not None:
+                self.local[key] = lp
+                self.need.update(dict.fromkeys((*lp.ingress, *lp.egress), 1))
+        for key in sorted(self.need):
+            self._materialize(self.policies[key])
+
+    def _compile(self, pol: NetworkPolicy) -> CompiledPolicy:
+        hit = self._compiled.get(pol.key)
+        if hit is not None and hit[0] is pol:
+            return hit[1]
+        cp = compile_policy(pol, self.families)
+        for msg in cp.problems:
+            self.on_problem(cp.key, msg)
+        self._compiled[cp.key] = (pol, cp)
+        return cp
 
     # ----------------------------------------------------------------------------------- per pod
-    def _candidates(self, namespace: str) -> list[NsView]:
-        got = self._cands.get(namespace)
-        if got is None:
-            labels = self.ns_labels.get(namespace)
-            got = self._cands[namespace] = [ns_view(cp, namespace, labels) for cp in (
-                *self.by_ns.get(namespace, ()), *(cp for cp in self.cross if cp.may_select_from(namespace, labels)))]
-        return got
-
-    def members_of(self, pod: Pod) -> frozenset[Membership]:
-        labels = pod.meta.labels
-        return frozenset(m for v in self._candidates(pod.meta.namespace) if could_match(v, labels)
-                         for m in view_memberships(v, pod))
-
-    def _remember(self, key: str, pod: Pod | None) -> None:
-        old = self.pods.pop(key, None)
-        if old is not None:
-            self.pods_by_ns.get(old.meta.namespace, set()).discard(key)
-        if pod is not None and pod.actionable:
-            self.pods[key] = pod
-            self.pods_by_ns.setdefault(pod.meta.namespace, set()).add(key)
-
     def update_pod(self, key: str, pod: Pod | None) -> PodDelta:
         """Move pod ``key`` to its new state (``None``: deleted) and report the difference."""
-        self._remember(key, pod)
-        old = self.pod_members.get(key, frozenset())
-        new = self.members_of(pod) if pod is not None and pod.actionable else frozenset()
+        idx = self.index
+        old = idx.pods.get(key)
+        new = pod if pod is not None and idx.accepts(pod) else None
+        old_m = self._members(old) if old is not None else frozenset()
+        if old is not None:
+            idx.remove(key)
+        if new is not None:
+            idx.add(key, new)
         delta = PodDelta()
-        gone, came = old - new, new - old
-        delta.removed = self._remove_members(key, gone, delta)
-        self.pod_members.pop(key, None)
-        delta.added = self._add_members(key, new, delta, only=came)
-        before = self.local.get(key)
-        self.local.pop(key, None)
-        if pod is not None:
-            self._set_local(pod)
-        delta.local_changed = before != self.local.get(key)
+        before = self.local.pop(key, None)
+        after = self._local_of(new) if new is not None and new.node_name == self.node_name else None
+        if after is not None:
+            self.local[key] = after
+        if before != after:
+            delta.local_changed = True
+            self._needs_changed(((before, -1), (after, 1)))
+        new_m = self._members(new) if new is not None else frozenset()
+        self._move(key, old_m - new_m, new_m - old_m, delta)
         return delta
 
     def update_policy(self, key: str, pol: NetworkPolicy | None) -> PodDelta:
-        """Recompile one policy (``None``: deleted) and move only its memberships (no full rebuild)."""
-        delta = PodDelta(local_changed=True)
+        """Recompile one policy (``None``: deleted); only its sets and the local pods of its namespace move."""
         old = self.policies.pop(key, None)
         if old is not None:
-            for pk, members in list(self.pod_members.items()):
-                mine = frozenset(m for m in members if m.policy == key)
-                if mine:
-                    delta.removed += self._remove_members(pk, mine, delta)
-                    self.pod_members[pk] = members - mine
-            for s in static_sets(old):
-                self.sets.pop(s.name, None)
-                self.refs.pop(s.name, None)
-            self.groups.pop(key, None)
-            self.target_sets = {n: t for n, t in self.target_sets.items() if t[0] != key}
-            (self.cross if old.cross_namespace else self.by_ns.get(old.namespace, [])).remove(old)
+            self.by_ns[old.namespace].remove(old)
+            if key in self.policy_sets:
+                self._dematerialize(key)
+            self._compiled.pop(key, None)
+        ns = old.namespace if old is not None else (pol.meta.namespace if pol is not None else "")
         if pol is not None:
-            cp = compile_policy(pol, self.families)
-            for msg in cp.problems:
-                self.on_problem(cp.key, msg)
+            cp = self._compile(pol)
             self.policies[key] = cp
-            (self.cross if cp.cross_namespace else self.by_ns.setdefault(cp.namespace, [])).append(cp)
-            for s in static_sets(cp):
-                self.sets.setdefault(s.name, s)
-            for d in cp.directions():
-                for f in cp.families:
-                    self.target_sets[cp.target_set(d, f)] = (cp.key, d)
-            for ns, keys in self.pods_by_ns.items():
-                labels = self.ns_labels.get(ns)
-                if not keys or not cp.may_select_from(ns, labels):
-                    continue
-                v = ns_view(cp, ns, labels)
-                for pk in keys:
-                    new = frozenset(view_memberships(v, self.pods[pk]))
-                    if new:
-                        delta.added += self._add_members(pk, self.pod_members.get(pk, frozenset()) | new, delta,
-                                                         only=new)
+            self.by_ns.setdefault(cp.namespace, []).append(cp)
+        changes = []
+        for lk, lp in list(self.local.items()):
+            if lp.namespace == ns:
+                after = self._local_of(self.index.pods[lk])
+                if after != lp:
+                    changes += [(lp, -1), (after, 1)]
+                    if after is None:
+                        del self.local[lk]
+                    else:
+                        self.local[lk] = after
+        self._needs_changed(changes)
+        if key in self.need and key not in self.policy_sets:  # still needed: its new sets
+            self._materialize(self.policies[key])
         self._cands.clear()
-        for pk in [k for k, p in self.pods.items() if p.node_name == self.node_name]:
-            self.local.pop(pk, None)
-            self._set_local(self.pods[pk])
-        return delta
+        return PodDelta(local_changed=True)
 
     def update_namespace(self, name: str, ns: Namespace | None) -> PodDelta:
-        """A namespace's labels changed: re-match its pods (namespace selectors); returns the combined delta."""
-        total = PodDelta()
-        if not self.set_namespace(ns, name):
-            return total
-        for pk in sorted(self.pods_by_ns.get(name, ())):
-            d = self.update_pod(pk, self.pods[pk])
-            total.added += d.added
-            total.removed += d.removed
-            total.groups_changed |= d.groups_changed
-            total.local_changed |= d.local_changed
-        return total
+        """A namespace's labels changed: re-match its pods against namespace selectors (local pods' own
+        policies do not depend on namespace labels)."""
+        delta = PodDelta()
+        labels = ns.meta.labels if ns is not None else None
+        if self.ns_labels.get(name) == labels:
+            return delta
+        keys = sorted(self.index.by_ns.get(name, ()))
+        pods = self.index.pods
+        old = {k: self._members(pods[k]) for k in keys}
+        self.set_namespace(ns, name)
+        for k in keys:
+            new = self._members(pods[k])
+            self._move(k, old[k] - new, new - old[k], delta)
+        return delta
 
     def set_namespace(self, ns: Namespace | None, name: str) -> bool:
-        """Record a namespace's labels; True when they changed (callers then rebuild)."""
+        """Record a namespace's labels; True when they changed (the caller moves memberships)."""
         labels = ns.meta.labels if ns is not None else None
         if self.ns_labels.get(name) == labels:
             return False
@@ -237,82 +220,176 @@ class Desired:
         else:
             self.ns_labels[name] = labels
         self._cands.pop(name, None)
+        self._ns_sel.clear()
         return True
 
-    # ---------------------------------------------------------------------------------- internals
-    def _add_members(self, key: str, members: frozenset[Membership], delta: PodDelta | None = None,
-                     only: frozenset[Membership] | None = None) -> list[Membership]:
-        self.pod_members[key] = members
-        added = []
-        for m in members if only is None else only:
-            s = self.sets.get(m.set_name)
-            if s is None:
-                s = self.sets[m.set_name] = SetContent(m.set_name, m.family)
-            refs = self.refs.setdefault(m.set_name, Counter())
-            refs[m.ip] += 1
-            if refs[m.ip] == 1:
-                s.entries.add(m.ip)
-                s.rendered = None
-                added.append(m)
-            if m.group is not None:
-                gc = self.groups.setdefault(m.policy, Counter())
-                gc[m.group] += 1
-                if gc[m.group] == 1 and delta is not None:
-                    delta.groups_changed.add(m.policy)
-        return added
-
-    def _remove_members(self, key: str, members: frozenset[Membership], delta: PodDelta) -> list[Membership]:
-        removed = []
-        for m in members:
-            refs = self.refs.get(m.set_name)
-            if refs is None:
-                continue
-            refs[m.ip] -= 1
-            if refs[m.ip] <= 0:
-                del refs[m.ip]
-                s = self.sets.get(m.set_name)
-                if s is not None:
-                    s.entries.discard(m.ip)
-                    s.rendered = None
-                removed.append(m)
-            if m.group is not None:
-                gc = self.groups.get(m.policy)
-                if gc is not None:
-                    gc[m.group] -= 1
-                    if gc[m.group] <= 0:
-                        del gc[m.group]
-                        delta.groups_changed.add(m.policy)
-                if not refs:  # a named-port set lives while some pod resolves the port that way
-                    self.sets.pop(m.set_name, None)
-                    self.refs.pop(m.set_name, None)
-        return removed
-
-    def _set_local(self, pod: Pod) -> None:
-        if pod.node_name != self.node_name or not pod.actionable:
-            return
+    # ------------------------------------------------------------------------------- local pods
+    def _local_of(self, pod: Pod) -> LocalPod | None:
+        if pod.node_name != self.node_name:
+            return None
         ips = tuple(ip for ip in pod.pod_ips if ip_family(ip) in self.families)
         if not ips:
-            return
-        pols: dict[str, set[str]] = {INGRESS: set(), EGRESS: set()}
-        for m in self.pod_members.get(pod.key, ()):
-            t = self.target_sets.get(m.set_name)
-            if t is not None:
-                pols[t[1]].add(t[0])
-        self.local[pod.key] = LocalPod(pod.key, pod.meta.namespace, pod.meta.name, ips,
-                                       tuple(sorted(pols[INGRESS])), tuple(sorted(pols[EGRESS])))
+            return None
+        ing: list[str] = []
+        eg: list[str] = []
+        labels = pod.meta.labels
+        for cp in self.by_ns.get(pod.meta.namespace, ()):
+            if cp.pod_selector.matches(labels):
+                if cp.ingress:
+                    ing.append(cp.key)
+                if cp.egress:
+                    eg.append(cp.key)
+        return LocalPod(pod.meta.key, pod.meta.namespace, pod.meta.name, ips, tuple(sorted(ing)), tuple(sorted(eg)))
+
+    def _needs_changed(self, changes: Iterable[tuple[LocalPod | None, int]]) -> None:
+        """Count local pods per policy; policies that stop being needed lose their sets, new ones get theirs."""
+        touched: set[str] = set()
+        for lp, sign in changes:
+            if lp is not None:
+                for k in set(lp.ingress + lp.egress):
+                    self.need[k] += sign
+                    touched.add(k)
+        changed = False
+        for k in sorted(touched):
+            if self.need[k] <= 0:
+                del self.need[k]
+                if k in self.policy_sets:
+                    self._dematerialize(k)
+                    changed = True
+            elif k not in self.policy_sets:
+                self._materialize(self.policies[k])
+                changed = True
+        if changed:
+            self._cands.clear()
+
+    # ---------------------------------------------------------------------------------- set algebra
+    def _namespaces(self, sel: LabelSelector) -> tuple[str, ...]:
+        got = self._ns_sel.get(sel)
+        if got is None:
+            got = self._ns_sel[sel] = tuple(n for n, labels in self.ns_labels.items() if sel.matches(labels))
+        return got
+
+    def _peers(self, cp: CompiledPolicy, rule: Any) -> AbstractSet[str]:
+        idx = self.index
+        out: AbstractSet[str] = EMPTY
+        for p in rule.pod_peers:
+            if p.namespace_selector is None:
+                got = [idx.select(cp.namespace, p.pod_selector)]
+            else:
+                got = [idx.select(n, p.pod_selector) for n in self._namespaces(p.namespace_selector)]
+            for s in got:
+                if s:
+                    out = s if not out else out | s
+        return out
+
+    def _materialize(self, cp: CompiledPolicy) -> None:
+        """Create the sets of a policy this node now needs, with their members (from the index)."""
+        idx, key = self.index, cp.key
+        names = self.policy_sets[key] = set()
+        self.groups[key] = Counter()
+        for s in static_sets(cp):
+            self.sets[s.name] = s
+            self.set_owner[s.name] = (key, None)
+            names.add(s.name)
+        for d in cp.directions():
+            targets = idx.select(cp.namespace, cp.pod_selector)
+            for f in cp.families:
+                self.sets[cp.target_set(d, f)].entries.update(idx.addresses(targets, f))
+            for rule in cp.rules(d):
+                peers = self._peers(cp, rule) if rule.pod_peers else EMPTY
+                if rule.pod_peers:
+                    for f in cp.families:
+                        self.sets[cp.peer_set(d, rule.index, f)].entries.update(idx.addresses(peers, f))
+                if not rule.named_ports:
+                    continue
+                # named ports resolve on the destination: the targets (ingress), the peers or any pod (egress)
+                anyone = d == EGRESS and (rule.all_peers or bool(rule.ipblocks))
+                dest = targets if d == INGRESS else peers
+                for np in rule.named_ports:
+                    for num, keys in idx.named(np.name, np.protocol).items():
+                        members = keys if anyone else keys & dest
+                        if not members:
+                            continue
+                        g = NamedPortGroup(d, rule.index, np.index, np.protocol, num)
+                        for f in cp.families:
+                            ips = idx.addresses(members, f)
+                            if ips:
+                                self._new_group_set(cp, g, f).entries.update(ips)
+
+    def _new_group_set(self, cp: CompiledPolicy, g: NamedPortGroup, family: int) -> SetContent:
+        name = cp.named_port_set(g, family)
+        s = self.sets[name] = SetContent(name, family)
+        self.set_owner[name] = (cp.key, g)
+        self.policy_sets[cp.key].add(name)
+        self.groups[cp.key][g] += 1
+        return s
+
+    def _dematerialize(self, key: str) -> None:
+        for name in self.policy_sets.pop(key, ()):
+            self.sets.pop(name, None)
+            self.set_owner.pop(name, None)
+        self.groups.pop(key, None)
+
+    # ----------------------------------------------------------------------------- memberships
+    def _candidates(self, namespace: str) -> list[NsView]:
+        got = self._cands.get(namespace)
+        if got is None:
+            labels = self.ns_labels.get(namespace)
+            got = self._cands[namespace] = [
+                ns_view(cp, namespace, labels) for k in sorted(self.policy_sets)
+                if (cp := self.policies[k]).namespace == namespace or cp.may_select_from(namespace, labels)]
+        return got
+
+    def _members(self, pod: Pod) -> frozenset[Membership]:
+        """The memberships ``pod`` has in the sets of the needed policies."""
+        labels = pod.meta.labels
+        return frozenset(m for v in self._candidates(pod.meta.namespace) if could_match(v, labels)
+                         for m in view_memberships(v, pod))
+
+    members_of = _members
+
+    def _move(self, key: str, gone: AbstractSet[Membership], came: AbstractSet[Membership], delta: PodDelta) -> None:
+        for m in came:
+            s = self.sets.get(m.set_name)
+            if s is None:
+                if m.group is None:  # a set of a policy that is not needed: not kept
+                    continue
+                s = self._new_group_set(self.policies[m.policy], m.group, m.family)
+                delta.groups_changed.add(m.policy)
+            if m.ip not in s.entries:
+                s.entries.add(m.ip)
+                s.rendered = None
+                delta.added.append(m)
+        for m in gone:
+            s = self.sets.get(m.set_name)
+            if s is None or m.ip not in s.entries or self._still_member(key, m):
+                continue
+            s.entries.discard(m.ip)
+            s.rendered = None
+            delta.removed.append(m)
+            if m.group is not None and not s.entries:  # a named-port set lives while some pod resolves it so
+                del self.sets[m.set_name]
+                del self.set_owner[m.set_name]
+                self.policy_sets[m.policy].discard(m.set_name)
+                gc = self.groups[m.policy]
+                gc[m.group] -= 1
+                if gc[m.group] <= 0:
+                    del gc[m.group]
+                    delta.groups_changed.add(m.policy)
+
+    def _still_member(self, key: str, m: Membership) -> bool:
+        """Does another pod with the same address (a finished pod's IP reused) keep ``m``?"""
+        others = self.index.holders(m.ip)
+        return any(m in self._members(self.index.pods[o]) for o in others if o != key)
 
     # ------------------------------------------------------------------------------------- queries
     def needed_policies(self) -> set[str]:
-        """Policies that select at least one local pod (only these get chains on this node)."""
-        return {k for lp in self.local.values() for k in (*lp.ingress, *lp.egress)}
+        """Policies that select at least one local pod (only these get chains and sets on this node)."""
+        return set(self.need)
 
     def groups_of(self, key: str) -> frozenset[NamedPortGroup]:
         return frozenset(g for g, n in self.groups.get(key, Counter()).items() if n > 0)
 
     def sets_of(self, key: str) -> set[str]:
         """Names of the sets the rules of policy ``key`` reference (static sets + existing named-port sets)."""
-        cp = self.policies[key]
-        names = set(_static_names(cp))
-        for g in self.groups_of(key):
-            names.update(cp.named_port_set(g, f) for f in cp.families)
-        return {n for n in names if n in self.sets}
+        return set(self.policy_sets.get(key, ()))

@@ -33,16 +33,28 @@ def test_ac_n1_golden_set_names_and_members():
     s = d.sets
     assert s["KUBE-DST-IZ5JGF4W6BKI7CEV"].entries == {"10.242.0.5", "10.242.1.4"}
     assert s["KUBE-DST-GZIEGRFLGG6BN3N7"].entries == {"2001:db8:42:1000::5", "2001:db8:42:1001::4"}
-    assert s["KUBE-DST-P226T6HGLTLDGDLC"].entries == {"10.242.0.5", "10.242.1.4"}
-    assert s["KUBE-DST-KSECZGZUJPU4SKA3"].family == 6 and len(s["KUBE-DST-KSECZGZUJPU4SKA3"].entries) == 2
-    assert s["KUBE-SRC-C2EUPKL23CCP4COF"].entries == set() and s["KUBE-SRC-VY6KNKQ4BF6Y4J2K"].entries == set()
     blk = s["KUBE-SRC-KLLOHJLFVAV654Z2"]
     assert (blk.type, blk.entries, blk.nomatch) == ("hash:net", {"10.95.0.239/32"}, set())
     # no IPv6 ipBlock set; kr (unlike kube-router) keeps the empty peer-pod set so that rule text never
     # depends on whether a selector currently matches
     assert not [n for n, x in s.items() if x.type == "hash:net" and x.family == 6]
+    assert s["KUBE-SRC-4NYDTCW6OPCN2YZW"].entries == set()
     assert d.local["default/whoami-2"].ingress == ("default/whoami",)
     assert d.needed_policies() == {"default/whoami"}
+    # policy debug selects no pod of vm1: no chain there, so no set either
+    assert "KUBE-DST-P226T6HGLTLDGDLC" not in s and "KUBE-SRC-C2EUPKL23CCP4COF" not in s
+    # a debug-toolbox pod on vm1 makes it needed: its sets appear, filled from the pods already known
+    delta = d.update_pod("default/debug", pod("debug", ip=["10.242.0.9", "2001:db8:42:1000::9"], node="vm1",
+                                              labels={"name": "debug-toolbox"}))
+    assert delta.local_changed and d.needed_policies() == {"default/whoami", "default/debug"}
+    assert s["KUBE-DST-P226T6HGLTLDGDLC"].entries == {"10.242.0.5", "10.242.1.4"}
+    assert s["KUBE-DST-KSECZGZUJPU4SKA3"].family == 6 and len(s["KUBE-DST-KSECZGZUJPU4SKA3"].entries) == 2
+    assert s["KUBE-SRC-C2EUPKL23CCP4COF"].entries == {"10.242.0.9"}
+    assert s["KUBE-SRC-VY6KNKQ4BF6Y4J2K"].entries == {"2001:db8:42:1000::9"}
+    assert s["KUBE-SRC-4NYDTCW6OPCN2YZW"].entries == {"10.242.0.9"}
+    # ... and it going away removes them again
+    assert d.update_pod("default/debug", None).local_changed
+    assert "KUBE-DST-P226T6HGLTLDGDLC" not in s and s["KUBE-SRC-4NYDTCW6OPCN2YZW"].entries == set()
 
 
 def test_naming_matches_kube_router():
@@ -70,7 +82,8 @@ def _targets(pol, nss, pods):
     d = Desired("node-1", (4,))
     d.build([pol], pods, nss)
     cp = d.policies[pol.key]
-    ips = d.sets[cp.target_set(INGRESS, 4)].entries
+    s = d.sets.get(cp.target_set(INGRESS, 4))  # no set: the policy selects no local pod (all pods are local)
+    ips = s.entries if s is not None else set()
     return {p.meta.name for p in pods if p.pod_ip in ips}, d, cp
 
 
