@@ -2,7 +2,10 @@
 
 Topology (all in namespaces created here, named ``krc-<hex>-*``, deleted by :meth:`NetnsCluster.close`):
 a node namespace with ``kube-bridge`` (10.244.0.1/24) and one pod namespace per pod behind it on a veth,
-each answering its ``namespace/name`` on TCP and UDP ports 80 and 81 (:class:`kr_core.lab.responder.Responders`).
+each answering its ``namespace/name`` on TCP, UDP and SCTP ports 80 and 81 (:class:`kr_core.lab.responder.Responders`).
+On a kernel without SCTP (this development host), SCTP is served and probed as raw INIT/INIT-ACK exchanges
+(:mod:`kr_core.lab.rawsctp`), not associations: the first packet of each direction still crosses netfilter
+and conntrack, which is what the network-policy backends decide on.
 
 The network-policy plugin named by the test (any backend: it is loaded through its ``kr.plugins`` entry
 point) runs in-process inside the node namespace: its hooks are called from a thread that entered that
@@ -27,6 +30,7 @@ from prometheus_client import CollectorRegistry
 
 from kr_core import PluginContext
 from kr_core.config import Settings
+from kr_core.lab import rawsctp
 from kr_core.model import KubeObject, Namespace, NetworkPolicy, Pod
 from kr_core.net import netns
 from kr_core.plugins import PluginHost, from_classes, validate_plugin_config
@@ -51,8 +55,18 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=20)
 
 
-def probe(src_ns: str, ip: str, port: int, proto: str, timeout: float = 0.6) -> bool:
-    """One connection attempt from ``src_ns``; True when the responder answered."""
+def probe(src_ns: str, ip: str, port: int, proto: str, timeout: float = 0.6, raw_sctp: bool = False) -> bool:
+    """One connection attempt from ``src_ns``; True when the responder answered. ``raw_sctp``: SCTP is one
+    raw INIT/INIT-ACK exchange (:mod:`kr_core.lab.rawsctp`, for kernels without SCTP), not an association."""
+    if proto == "SCTP" and raw_sctp:
+        try:
+            return bool(rawsctp.exchange(src_ns, ip, port, timeout))
+        except (TimeoutError, ConnectionRefusedError):
+            return False  # nothing came back, or an ABORT / REJECT's port unreachable
+        except OSError as e:
+            if e.errno in (errno.EHOSTUNREACH, errno.ENOPROTOOPT, errno.EPROTO, errno.ENETUNREACH):
+                return False  # REJECT's host unreachable or admin prohibited; protocol 132 taken by nobody
+            raise
     with netns.in_netns(src_ns):
         kind = socket.SOCK_DGRAM if proto == "UDP" else socket.SOCK_STREAM
         fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
@@ -78,7 +92,8 @@ class NetnsCluster:
     def __init__(self, plugin: str, pods: Iterable[tuple[str, str, dict[str, str]]], *,
                  namespaces: dict[str, dict[str, str]] | None = None, flags: dict[str, Any] | None = None,
                  config: dict[str, Any] | None = None, ipv6: bool = False,
-                 ports: Iterable[tuple[str, int]] = (("TCP", 80), ("TCP", 81), ("UDP", 80), ("UDP", 81))) -> None:
+                 ports: Iterable[tuple[str, int]] = tuple((proto, p) for proto in ("TCP", "UDP", "SCTP")
+                                                          for p in (80, 81))) -> None:
         from kr_core.lab.responder import Responders
 
         self.prefix = f"krc-{os.urandom(3).hex()}"
@@ -223,7 +238,8 @@ class NetnsCluster:
         pairs = list(pairs) if pairs is not None else [(s, d) for s in keys for d in keys if s != d]
         jobs = [(s, d, p, proto) for p in ports for proto in protocols for s, d in pairs]
         with concurrent.futures.ThreadPoolExecutor(max_workers=32) as ex:
-            got = ex.map(lambda j: probe(self.pod_ns[j[0]], self.ip_of(j[1]), j[2], j[3]), jobs)
+            got = ex.map(lambda j: probe(self.pod_ns[j[0]], self.ip_of(j[1]), j[2], j[3],
+                                         raw_sctp=self.responders.raw_sctp), jobs)
             return dict(zip(jobs, got, strict=True))
 
     def ip_of(self, key: str) -> str:

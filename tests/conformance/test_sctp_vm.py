@@ -1,6 +1,9 @@
-"""The SCTP scenarios (upstream 43-48's SCTP half, and 38/39 with SCTP servers up), in the VM: this host's
-kernel has no SCTP. Same harness, oracle and runner as the other conformance tests; the VM's kernel has only
-legacy iptables, which the plugins detect."""
+"""The SCTP scenarios (upstream 43-48's SCTP half, and 38/39 with SCTP servers up) with real SCTP associations,
+in the VM. Same harness, oracle and runner as the other conformance tests; the VM's kernel has only legacy
+iptables, which the plugins detect, and no nftables inet family (so only netpol_iptables can run here).
+
+On a kernel without SCTP (the development hosts) test_upstream_netns.py and test_nft_netpol.py run the same
+scenarios for both backends as raw INIT/INIT-ACK exchanges (:mod:`kr_core.lab.rawsctp`), not associations."""
 
 from __future__ import annotations
 

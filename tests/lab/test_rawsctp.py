@@ -111,7 +111,7 @@ def net() -> Iterator[dict[str, str]]:
             _ip(names[k], "-6", "route", "add", "default", "via", f"fd98:{i}::1")
         netns.run(r, ["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])
         netns.run(r, ["nft", "-f", "-"], input=RULES)
-        for i, k in enumerate(("c", "s", "e"), start=1):  # neighbours resolved before the first probe
+        for i in (1, 2, 3):  # neighbours resolved before the first probe
             for addr in (f"10.98.{i}.2", f"fd98:{i}::2"):
                 netns.run(r, ["ping", "-c1", "-W3", addr], check=False)
         yield names
