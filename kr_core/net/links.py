@@ -232,9 +232,12 @@ class BatchResult:
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_TABLE = 1, 4, 5, 6, 7, 15
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
+_NLMSGHDR = struct.Struct("=IHHII")
+_RTMSG = struct.Struct("=BBBBBBBBI")
+_NLA = struct.Struct("=HH")
+_NLA_U32 = struct.Struct("=HHI")
+_NLA_I32 = struct.Struct("=HHi")
+_OPS = {"replace": (RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_REPLACE | NLM_F_CREATE), "delete": (RTM_DELROUTE, NLM_F_REQUEST)}
 
 
 def _pack_ip(addr: str) -> bytes:
@@ -244,18 +247,19 @@ def _pack_ip(addr: str) -> bytes:
 def _parse_cidr(cidr: str) -> tuple[int, bytes, int]:
     """(family, packed network address, prefix length) of ``cidr``; host bits are cleared."""
     addr, _, plen_s = cidr.partition("/")
-    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    family, bits = (socket.AF_INET6, 128) if ":" in addr else (socket.AF_INET, 32)
     try:
         raw = socket.inet_pton(family, addr)
-        bits = len(raw) * 8
         plen = int(plen_s) if plen_s else bits
     except (OSError, ValueError):
         raise ValueError(f"invalid route destination {cidr!r}") from None
     if not 0 <= plen <= bits:
         raise ValueError(f"invalid prefix length in {cidr!r}")
     if plen < bits:
-        mask = ((1 << bits) - 1) ^ ((1 << (bits - plen)) - 1)
-        raw = (int.from_bytes(raw, "big") & mask).to_bytes(len(raw), "big")
+        value = int.from_bytes(raw, "big")
+        masked = value >> (bits - plen) << (bits - plen)
+        if masked != value:
+            raw = masked.to_bytes(len(raw), "big")
     return family, raw, plen
 
 
@@ -263,8 +267,13 @@ def encode_route(route: Route, op: str, seq: int, *, ack: bool = True) -> bytes:
     """The netlink message for ``op`` ('replace' or 'delete') of ``route`` with sequence number ``seq``.
 
     Hand-packed with ``struct``: pyroute2's ``rtmsg.encode()`` costs ~0.18 ms per message, which alone
-    would make 10,000 routes take 1.8 s.
+    would make 10,000 routes take 1.8 s. Every attribute here (4- or 16-byte addresses, 32-bit numbers) is
+    a multiple of 4 bytes long, so none needs padding.
     """
+    try:
+        mtype, flags = _OPS[op]
+    except KeyError:
+        raise ValueError(f"unknown route op {op!r}") from None
     family, dst, dst_len = _parse_cidr(route.dst)
     if route.scope is not None:
         scope = route.scope
@@ -276,26 +285,22 @@ def encode_route(route: Route, op: str, seq: int, *, ack: bool = True) -> bytes:
         scope = RT_SCOPE_LINK
     else:
         scope = RT_SCOPE_UNIVERSE
-    body = struct.pack("=BBBBBBBBI", family, dst_len, 0, 0, route.table if route.table < 256 else 0,
-                       route.proto, scope, RTN_TYPES[route.type], 0)
-    body += _attr(RTA_DST, dst) + _attr(RTA_TABLE, struct.pack("=I", route.table))
+    table = route.table
+    parts = [_RTMSG.pack(family, dst_len, 0, 0, table if table < 256 else 0, route.proto, scope,
+                         RTN_TYPES[route.type], 0),
+             _NLA.pack(4 + len(dst), RTA_DST), dst, _NLA_U32.pack(8, RTA_TABLE, table)]
     if route.gateway is not None:
-        body += _attr(RTA_GATEWAY, _pack_ip(route.gateway))
+        gw = _pack_ip(route.gateway)
+        parts += (_NLA.pack(4 + len(gw), RTA_GATEWAY), gw)
     if route.oif is not None:
-        body += _attr(RTA_OIF, struct.pack("=i", route.oif))
+        parts.append(_NLA_I32.pack(8, RTA_OIF, route.oif))
     if route.prefsrc is not None:
-        body += _attr(RTA_PREFSRC, _pack_ip(route.prefsrc))
+        src = _pack_ip(route.prefsrc)
+        parts += (_NLA.pack(4 + len(src), RTA_PREFSRC), src)
     if route.priority is not None:
-        body += _attr(RTA_PRIORITY, struct.pack("=I", route.priority))
-    if op == "replace":
-        mtype, flags = RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_REPLACE | NLM_F_CREATE
-    elif op == "delete":
-        mtype, flags = RTM_DELROUTE, NLM_F_REQUEST
-    else:
-        raise ValueError(f"unknown route op {op!r}")
-    if ack:
-        flags |= NLM_F_ACK
-    return struct.pack("=IHHII", 16 + len(body), mtype, flags, seq, 0) + body
+        parts.append(_NLA_U32.pack(8, RTA_PRIORITY, route.priority))
+    body = b"".join(parts)
+    return _NLMSGHDR.pack(16 + len(body), mtype, flags | NLM_F_ACK if ack else flags, seq, 0) + body
 
 
 def apply_routes(replace: Sequence[Route] = (), delete: Sequence[Route] = (), *,
@@ -325,16 +330,17 @@ def apply_routes(replace: Sequence[Route] = (), delete: Sequence[Route] = (), *,
         sock.bind((0, 0))
         start = 0
         while start < len(ops):
-            buf, end, last_len = bytearray(), start, 0
+            buf, end, last_off = bytearray(), start, 0
             while end < len(ops):
                 op, route = ops[end]
                 msg = encode_route(route, op, end + 1, ack=False)
                 if buf and len(buf) + len(msg) > _CHUNK:
                     break
+                last_off = len(buf)
                 buf += msg
-                last_len, end = len(msg), end + 1
-            op, route = ops[end - 1]
-            buf[-last_len:] = encode_route(route, op, end, ack=True)  # same length, now asks for an ack
+                end += 1
+            (flags,) = struct.unpack_from("=H", buf, last_off + 6)  # the last message asks for the ack
+            struct.pack_into("=H", buf, last_off + 6, flags | NLM_F_ACK)
             sock.send(buf)
             _collect(sock, ops, start + 1, end, result)
             start = end
