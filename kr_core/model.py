@@ -110,6 +110,15 @@ class FrozenDict(Mapping[str, str]):
     def get(self, key: str, default: Any = None) -> Any:  # noqa: D102 - Mapping.get, faster
         return self._d.get(key, default)
 
+    def items(self):  # type: ignore[no-untyped-def] # noqa: D102 - the dict's own view (C iteration)
+        return self._d.items()
+
+    def keys(self):  # type: ignore[no-untyped-def] # noqa: D102
+        return self._d.keys()
+
+    def values(self):  # type: ignore[no-untyped-def] # noqa: D102
+        return self._d.values()
+
     def __hash__(self) -> int:
         if self._h is None:
             self._h = hash(frozenset(self._d.items()))

@@ -20,6 +20,7 @@ python-iptables (``iptc``) only speaks legacy x_tables and is slow to build rule
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import re
 import shlex
@@ -79,9 +80,14 @@ def clean_comment(text: str) -> str:
     return _CONTROL.sub("", text)[:COMMENT_MAX]
 
 
+_NEEDS_QUOTES = re.compile(r'[\s"\\\']')
+
+
+@functools.lru_cache(maxsize=65536)
 def quote_arg(arg: str) -> str:
-    """Quote one argument for iptables-restore's tokenizer (double quotes; ``\\`` escapes ``"`` and ``\\``)."""
-    if arg and not re.search(r'[\s"\\\']', arg):
+    """Quote one argument for iptables-restore's tokenizer (double quotes; ``\\`` escapes ``"`` and ``\\``).
+    Memoized: a full sync quotes the same few thousand arguments tens of thousands of times."""
+    if arg and not _NEEDS_QUOTES.search(arg):
         return arg
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -303,27 +309,11 @@ class Iptables:
         restore for everything that must change (none when every jump is already first and identical).
 
         The comment is the rule's identity: stale copies (other match, other position) are deleted and the
-        rule is inserted at the top. Deletes are by spec, not by number, so a rule another tool inserts
-        meanwhile is never hit; a restore refused because a chain changed under us is retried once.
+        rule is inserted at the top (see :func:`jump_fixes`). A restore refused because a chain changed under
+        us (deletes are by spec, so a rule another tool inserts meanwhile is never hit) is retried once.
         """
-        wanted = []
-        for chain, rule, comment in jumps:
-            comment = clean_comment(comment)
-            rule = list(rule)
-            cut = next((i for i, a in enumerate(rule) if a in ("-j", "-g", "--jump", "--goto")), len(rule))
-            full = [*rule[:cut], "-m", "comment", "--comment", comment, *rule[cut:]]  # where -S prints it
-            wanted.append((chain, comment, full, f"-A {chain} {render_rule(_canonical(full))}"))
         for attempt in (1, 2):
-            saved = self.save(table)
-            lines: list[str] = []
-            placed = []
-            for chain, comment, full, want in wanted:
-                current = parse_rules(saved, chain)
-                tagged = _tagged(current, comment)
-                if tagged == [1] and _same_rule(current[0], want):
-                    continue
-                lines += [*(f"-D {current[i - 1][3:]}" for i in tagged), f"-I {chain} 1 {render_rule(full)}"]
-                placed.append((comment, chain, len(tagged)))
+            lines = jump_fixes(self.save(table), jumps)
             if not lines:
                 return False
             try:
@@ -332,8 +322,7 @@ class Iptables:
                 if attempt == 2:
                     raise
                 continue  # a chain changed between the save and the restore: read it again
-            for comment, chain, n in placed:
-                log.info("%s: jump %r placed first in %s/%s (replaced %d)", self, comment, table, chain, n)
+            log.info("%s: jumps placed first in %s: %s", self, table, "; ".join(lines))
             return True
         raise AssertionError("unreachable")
 
@@ -346,6 +335,24 @@ class Iptables:
             self.restore(f"*{table}\n{body}COMMIT\n")
             log.info("%s: %d rule(s) %r removed from %s/%s", self, len(tagged), comment, table, chain)
         return len(tagged)
+
+
+def jump_fixes(saved: str, jumps: Sequence[tuple[str, Sequence[str], str]]) -> list[str]:
+    """Restore lines (``-D``/``-I``, no table header) that make each (chain, rule, comment) of ``jumps`` the
+    only rule carrying that comment in ``chain`` and its first rule, given ``saved`` (``*-save`` or ``-S``
+    text of the table). Empty when every jump is already in place."""
+    lines: list[str] = []
+    for chain, rule, comment in jumps:
+        comment = clean_comment(comment)
+        rule = list(rule)
+        cut = next((i for i, a in enumerate(rule) if a in ("-j", "-g", "--jump", "--goto")), len(rule))
+        full = [*rule[:cut], "-m", "comment", "--comment", comment, *rule[cut:]]  # where -S prints it
+        current = parse_rules(saved, chain)
+        tagged = _tagged(current, comment)
+        if tagged == [1] and _same_rule(current[0], f"-A {chain} {render_rule(_canonical(full))}"):
+            continue
+        lines += [*(f"-D {current[i - 1][3:]}" for i in tagged), f"-I {chain} 1 {render_rule(full)}"]
+    return lines
 
 
 def _tagged(lines: Sequence[str], comment: str) -> list[int]:

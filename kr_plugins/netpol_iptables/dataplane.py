@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from kr_core.net.ipset import IpSet, IpsetRunner, render_members, render_sync, set_name
-from kr_core.net.iptables import Family, Iptables, Mode, chain_names, detect_mode
+from kr_core.net.iptables import Family, Iptables, Mode, chain_names, detect_mode, jump_fixes
 from kr_core.net.netpol import naming
 from kr_core.net.netpol.backend import IPTABLES_CHAIN_PREFIXES
 
@@ -78,15 +78,17 @@ def splice(old: tuple[str, ...] | None, new: tuple[str, ...]) -> tuple[int, list
 
 
 def render_payload(full: Mapping[str, Sequence[str]], splices: Mapping[str, tuple[int, list[str], list[str]]],
-                   delete: Sequence[str]) -> str:
+                   delete: Sequence[str], jumps: Sequence[str] = ()) -> str:
     """One ``iptables-restore --noflush`` payload: chains rewritten whole, chains spliced (-D/-I of single
-    rules), chains deleted (after the rules that jumped to them are gone)."""
+    rules), kr's jumps in the built-in chains (``jumps``: -D/-I lines), chains deleted (after the rules that
+    jumped to them are gone)."""
     lines = ["*filter", *(f":{c} - [0:0]" for c in (*full, *delete))]
     for c, rules in full.items():
         lines += [f"-A {c} {r}" for r in rules]
     for c, (pos, dels, ins) in splices.items():
         lines += [f"-D {c} {r}" for r in dels]
         lines += [f"-I {c} {pos} {r}" for r in reversed(ins)]
+    lines += jumps
     lines += [f"-X {c}" for c in delete]
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
@@ -110,6 +112,10 @@ class Dataplane:
         self.sets: dict[str, IpSet | None] = {}  # kernel name -> content (None: adopted, content unknown)
         self.iptables_restores = 0
         self.ipset_restores = 0
+        # the last ``*-save -t filter`` per family (adopt/verify), until a restore changes the table: the
+        # next apply places kr's top-level jumps from it in the same restore instead of saving again
+        self.saved: dict[int, str | None] = dict.fromkeys(self.families)
+        self.jumps_checked = False
 
     # ------------------------------------------------------------------------------------- adoption
     def adopt(self) -> None:
@@ -119,7 +125,8 @@ class Dataplane:
         place: traffic is never interrupted) and deletes those no longer wanted.
         """
         for f in self.families:
-            names = chain_names(self.ipt[f].save("filter"), CHAIN_PREFIXES)
+            self.saved[f] = save = self.ipt[f].save("filter")
+            names = chain_names(save, CHAIN_PREFIXES)
             self.chains[f] = dict.fromkeys(names, _UNKNOWN)
         self.sets = dict.fromkeys(self.ipset.list_names(SET_PREFIXES), None)
         log.info("adopted %s chain(s) and %d set(s) left by a previous run",
@@ -131,7 +138,7 @@ class Dataplane:
         unknown so the next :meth:`apply` rewrites it. Returns what drifted."""
         drifted: list[str] = []
         for f in self.families:
-            save = self.ipt[f].save("filter")
+            self.saved[f] = save = self.ipt[f].save("filter")
             counts: dict[str, int] = dict.fromkeys(chain_names(save, CHAIN_PREFIXES), 0)
             for line in save.splitlines():
                 if line.startswith("-A "):
@@ -175,16 +182,20 @@ class Dataplane:
             for s in sync:
                 self.sets[s.kernel_name] = s
             res.sets_synced = [s.kernel_name for s in sync]
+        self.jumps_checked = all(self.saved.get(f) is not None for f in rulesets)
         for f, rs in rulesets.items():
             have = self.chains[f]
             write = {c: tuple(r) for c, r in rs.chains.items() if have.get(c) != tuple(r)}
             delete = [c for c in have if c not in rs.chains]
-            if not write and not delete:
+            saved = self.saved.get(f)
+            jumps = jump_fixes(saved, self.top_jumps(rs.chains)) if saved is not None else []
+            if not write and not delete and not jumps:
                 continue
             splices = {c: sp for c, r in write.items() if c in naming.TOP_CHAINS.values()
                        and (sp := splice(have.get(c), r)) is not None}
             full = {c: r for c, r in write.items() if c not in splices}
-            payload = render_payload(full, splices, delete)
+            payload = render_payload(full, splices, delete, jumps)
+            self.saved[f] = None  # the table changes now
             self.ipt[f].restore(payload)
             self.iptables_restores += 1
             res.iptables_restores += 1
@@ -230,12 +241,21 @@ class Dataplane:
         self.sets[name] = IpSet(s.name, s.type, s.family, tuple(sorted(entries)), s.nomatch, s.hashsize,
                                 s.maxelem, s.timeout, s.comment)
 
+    @staticmethod
+    def top_jumps(chains: Iterable[str]) -> list[tuple[str, list[str], str]]:
+        """(built-in chain, rule, comment) of kr's jumps to those of its top-level chains in ``chains``."""
+        return [(builtin, ["-j", chain], naming.jump_comment(chain))
+                for builtin, chain in naming.TOP_CHAINS.items() if chain in chains]
+
     def ensure_jumps(self) -> bool:
-        """kr's jumps at position 1 of INPUT/FORWARD/OUTPUT (identified by comment; re-placed if moved)."""
+        """kr's jumps at position 1 of INPUT/FORWARD/OUTPUT (identified by comment; re-placed if moved).
+        Nothing to do when the last :meth:`apply` placed them from a save taken in this sync."""
+        if self.jumps_checked:
+            self.jumps_checked = False
+            return False
         changed = False
         for f in self.families:
-            jumps = [(builtin, ["-j", chain], naming.jump_comment(chain))
-                     for builtin, chain in naming.TOP_CHAINS.items() if chain in self.chains[f]]
+            jumps = self.top_jumps(self.chains[f])
             if jumps:
                 changed |= self.ipt[f].ensure_jumps("filter", jumps)
         return changed

@@ -143,9 +143,11 @@ def _floor(payload_ipset: str, payloads: dict[int, str]) -> float:
 def pod_adds(d: Driver, n: int, local: bool) -> dict[str, Any]:
     p = d.plugin
     lat: list[float] = []
+    ips: list[str] = []
     ipt0, ips0 = p.dp.iptables_restores, p.dp.ipset_restores
     for i in range(n):
         ip = f"10.244.0.{230 + i}" if local else f"10.250.{i // 256}.{i % 256}"
+        ips.append(ip)
         pod = _pod(f"ns{i % 50}", f"new-{'l' if local else 'r'}{i}", ip, NODE if local else "node-9",
                    {"role": "bench-client", "app": "client"})
         t0 = time.perf_counter()
@@ -154,8 +156,8 @@ def pod_adds(d: Driver, n: int, local: bool) -> dict[str, Any]:
     return {"events": n, "p50_ms": round(_pct(lat, 0.5), 2), "p99_ms": round(_pct(lat, 0.99), 2),
             "iptables_restores_per_event": round((p.dp.iptables_restores - ipt0) / n, 2),
             "ipset_restores_per_event": round((p.dp.ipset_restores - ips0) / n, 2),
-            "set_members_per_event": sum(len(ms) for k, ms in p.desired.pod_members.items()
-                                         if "/new-" in k) // max(1, n)}
+            "set_members_per_event": sum(ip in s.entries for ip in ips
+                                         for s in p.desired.sets.values()) // max(1, n)}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

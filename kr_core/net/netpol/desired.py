@@ -18,7 +18,7 @@ Both network-policy backends (iptables + ipset, nftables) build their rules from
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +78,61 @@ class PodDelta:
         self.local_changed |= other.local_changed
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyHead:
+    """What deciding whether a policy selects a pod needs, without compiling its rules."""
+
+    key: str
+    namespace: str
+    pod_selector: LabelSelector
+    ingress: bool
+    egress: bool
+    obj: NetworkPolicy
+
+    @classmethod
+    def of(cls, pol: NetworkPolicy) -> PolicyHead:
+        types = {t.lower() for t in pol.policy_types}
+        return cls(pol.key, pol.meta.namespace, pol.pod_selector, INGRESS in types, EGRESS in types, pol)
+
+
+class CompiledPolicies(Mapping[str, CompiledPolicy]):
+    """Every policy by key, compiled when first looked up (and again when its object changes).
+
+    Only the policies a node needs are ever looked up on the hot paths, so a node compiles those, not all
+    of the cluster's; bad input of a policy is therefore reported by the nodes where it selects a pod."""
+
+    def __init__(self, families: tuple[int, ...], on_problem: Callable[[str, str], None]) -> None:
+        self.families = families
+        self.on_problem = on_problem
+        self.heads: dict[str, PolicyHead] = {}
+        self._compiled: dict[str, tuple[NetworkPolicy, CompiledPolicy]] = {}
+
+    def __getitem__(self, key: str) -> CompiledPolicy:
+        head = self.heads[key]
+        hit = self._compiled.get(key)
+        if hit is not None and hit[0] is head.obj:
+            return hit[1]
+        cp = compile_policy(head.obj, self.families)
+        for msg in cp.problems:
+            self.on_problem(cp.key, msg)
+        self._compiled[key] = (head.obj, cp)
+        return cp
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.heads)
+
+    def __len__(self) -> int:
+        return len(self.heads)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.heads
+
+    def forget_stale(self) -> None:
+        """Drop compiled policies whose object is gone or replaced."""
+        self._compiled = {k: v for k, v in self._compiled.items()
+                          if (h := self.heads.get(k)) is not None and h.obj is v[0]}
+
+
 class Desired:
     """Desired state for one node. Not thread-safe: owned by the plugin's worker."""
 
@@ -86,12 +141,12 @@ class Desired:
         self.node_name = node_name
         self.families = tuple(sorted(set(families)))
         self.on_problem = on_problem or (lambda key, msg: None)
-        self._compiled: dict[str, tuple[NetworkPolicy, CompiledPolicy]] = {}  # reused while the object is the same
+        self.policies = CompiledPolicies(self.families, lambda key, msg: self.on_problem(key, msg))
         self._reset()
 
     def _reset(self) -> None:
-        self.policies: dict[str, CompiledPolicy] = {}
-        self.by_ns: dict[str, list[CompiledPolicy]] = {}  # policies by their namespace (the pods they target)
+        self.policies.heads = {}
+        self.by_ns: dict[str, list[PolicyHead]] = {}  # policies by their namespace (the pods they target)
         self.ns_labels: dict[str, Mapping[str, str]] = {}
         self.index = PodIndex(self.families)
         self.local: dict[str, LocalPod] = {}
@@ -113,13 +168,11 @@ class Desired:
         """Rebuild everything (a full sync)."""
         self._reset()
         self.ns_labels = {ns.meta.name: ns.meta.labels for ns in namespaces}
-        compiled = {}
+        heads = self.policies.heads
         for pol in policies:
-            cp = self._compile(pol)
-            compiled[cp.key] = self._compiled[cp.key]
-            self.policies[cp.key] = cp
-            self.by_ns.setdefault(cp.namespace, []).append(cp)
-        self._compiled = compiled
+            h = heads[pol.key] = PolicyHead.of(pol)
+            self.by_ns.setdefault(h.namespace, []).append(h)
+        self.policies.forget_stale()
         idx, node = self.index, self.node_name
         for key in idx.load(pods):
             pod = idx.pods[key]
@@ -131,16 +184,6 @@ class Desired:
                 self.need.update(dict.fromkeys((*lp.ingress, *lp.egress), 1))
         for key in sorted(self.need):
             self._materialize(self.policies[key])
-
-    def _compile(self, pol: NetworkPolicy) -> CompiledPolicy:
-        hit = self._compiled.get(pol.key)
-        if hit is not None and hit[0] is pol:
-            return hit[1]
-        cp = compile_policy(pol, self.families)
-        for msg in cp.problems:
-            self.on_problem(cp.key, msg)
-        self._compiled[cp.key] = (pol, cp)
-        return cp
 
     # ----------------------------------------------------------------------------------- per pod
     def update_pod(self, key: str, pod: Pod | None) -> PodDelta:
@@ -167,17 +210,17 @@ class Desired:
 
     def update_policy(self, key: str, pol: NetworkPolicy | None) -> PodDelta:
         """Recompile one policy (``None``: deleted); only its sets and the local pods of its namespace move."""
-        old = self.policies.pop(key, None)
+        heads = self.policies.heads
+        old = heads.pop(key, None)
         if old is not None:
             self.by_ns[old.namespace].remove(old)
             if key in self.policy_sets:
                 self._dematerialize(key)
-            self._compiled.pop(key, None)
         ns = old.namespace if old is not None else (pol.meta.namespace if pol is not None else "")
         if pol is not None:
-            cp = self._compile(pol)
-            self.policies[key] = cp
-            self.by_ns.setdefault(cp.namespace, []).append(cp)
+            h = heads[key] = PolicyHead.of(pol)
+            self.by_ns.setdefault(h.namespace, []).append(h)
+        self.policies.forget_stale()
         changes = []
         for lk, lp in list(self.local.items()):
             if lp.namespace == ns:
@@ -233,12 +276,12 @@ class Desired:
         ing: list[str] = []
         eg: list[str] = []
         labels = pod.meta.labels
-        for cp in self.by_ns.get(pod.meta.namespace, ()):
-            if cp.pod_selector.matches(labels):
-                if cp.ingress:
-                    ing.append(cp.key)
-                if cp.egress:
-                    eg.append(cp.key)
+        for h in self.by_ns.get(pod.meta.namespace, ()):
+            if h.pod_selector.matches(labels):
+                if h.ingress:
+                    ing.append(h.key)
+                if h.egress:
+                    eg.append(h.key)
         return LocalPod(pod.meta.key, pod.meta.namespace, pod.meta.name, ips, tuple(sorted(ing)), tuple(sorted(eg)))
 
     def _needs_changed(self, changes: Iterable[tuple[LocalPod | None, int]]) -> None:
