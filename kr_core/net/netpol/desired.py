@@ -142,13 +142,13 @@ class Desired:
         self.families = tuple(sorted(set(families)))
         self.on_problem = on_problem or (lambda key, msg: None)
         self.policies = CompiledPolicies(self.families, lambda key, msg: self.on_problem(key, msg))
+        self.index = PodIndex(self.families, node_name)
         self._reset()
 
     def _reset(self) -> None:
         self.policies.heads = {}
         self.by_ns: dict[str, list[PolicyHead]] = {}  # policies by their namespace (the pods they target)
         self.ns_labels: dict[str, Mapping[str, str]] = {}
-        self.index = PodIndex(self.families)
         self.local: dict[str, LocalPod] = {}
         self.need: Counter[str] = Counter()  # policy key -> local pods it selects
         self.sets: dict[str, SetContent] = {}
@@ -165,20 +165,24 @@ class Desired:
 
     # ------------------------------------------------------------------------------------- full build
     def build(self, policies: Iterable[NetworkPolicy], pods: Iterable[Pod], namespaces: Iterable[Namespace]) -> None:
-        """Rebuild everything (a full sync)."""
+        """Rebuild everything (a full sync): every set, local pod and need is computed afresh from the
+        objects given. What depends on one immutable object only is reused while the object is the same:
+        a pod's index entries (:meth:`PodIndex.resync`), a policy's head and compiled form."""
+        before = self.policies.heads
         self._reset()
         self.ns_labels = {ns.meta.name: ns.meta.labels for ns in namespaces}
         heads = self.policies.heads
         for pol in policies:
-            h = heads[pol.key] = PolicyHead.of(pol)
+            h = before.get(pol.key)
+            if h is None or h.obj is not pol:
+                h = PolicyHead.of(pol)
+            heads[pol.key] = h
             self.by_ns.setdefault(h.namespace, []).append(h)
         self.policies.forget_stale()
-        idx, node = self.index, self.node_name
-        for key in idx.load(pods):
-            pod = idx.pods[key]
-            if pod.node_name != node:
-                continue
-            lp = self._local_of(pod)
+        idx = self.index
+        idx.resync(pods)
+        for key in idx.local:
+            lp = self._local_of(idx.pods[key])
             if lp is not None:
                 self.local[key] = lp
                 self.need.update(dict.fromkeys((*lp.ingress, *lp.egress), 1))

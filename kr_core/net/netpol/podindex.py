@@ -28,9 +28,12 @@ def family_of(ip: str) -> int:
 class PodIndex:
     """Pods by key, by namespace, by label and by named port, with their addresses per family."""
 
-    def __init__(self, families: Iterable[int]) -> None:
+    def __init__(self, families: Iterable[int], node: str | None = None) -> None:
         self.families = tuple(families)
+        self.node = node
         self.pods: dict[str, Pod] = {}
+        self.local: set[str] = set()  # pods on ``node``
+        self._ids: dict[int, str] = {}  # id(pod object) -> key, for the pods held (so ids are stable)
         self.ips: dict[int, dict[str, tuple[str, ...]]] = {f: {} for f in self.families}
         self.by_ns: dict[str, set[str]] = {}
         self.by_label: dict[str, dict[tuple[str, str], set[str]]] = {}  # ns -> (key, value) -> pods
@@ -41,7 +44,12 @@ class PodIndex:
 
     def accepts(self, pod: Pod) -> bool:
         """Actionable, with at least one address of the node's families."""
-        return pod.actionable and any(family_of(ip) in self.families for ip in pod.pod_ips)
+        if not pod.actionable:
+            return False
+        ips = pod.pod_ips
+        if len(ips) == 1 and len(self.families) == 1:
+            return (":" in ips[0]) == (self.families[0] == 6)
+        return any(family_of(ip) in self.families for ip in ips)
 
     # ------------------------------------------------------------------------------------ changes
     def add(self, key: str, pod: Pod) -> None:
@@ -49,6 +57,9 @@ class PodIndex:
         if key in self.pods:
             self.remove(key)
         self.pods[key] = pod
+        self._ids[id(pod)] = key
+        if pod.node_name == self.node:
+            self.local.add(key)
         ns = pod.meta.namespace
         by_ns = self.by_ns.get(ns)
         if by_ns is None:
@@ -96,7 +107,7 @@ class PodIndex:
         fams = self.families
         single = fams[0] if len(fams) == 1 else None
         ips_single = self.ips[single] if single is not None else None
-        pods_d, owner, keys = self.pods, self.ip_owner, []
+        pods_d, owner, keys, ids, node, local = self.pods, self.ip_owner, [], self._ids, self.node, self.local
         by_labels: dict[tuple[str, int], tuple[Any, list[str]]] = {}
         by_ports: dict[int, tuple[Any, list[str]]] = {}
         for pod in pods:
@@ -109,6 +120,9 @@ class PodIndex:
                 continue
             pods_d[key] = pod
             keys.append(key)
+            ids[id(pod)] = key
+            if pod.node_name == node:
+                local.add(key)
             labels = meta.labels
             g = by_labels.get((meta.namespace, id(labels)))
             if g is None:
@@ -152,6 +166,29 @@ class PodIndex:
                     self.by_port.setdefault(np, {}).setdefault(cp.container_port, set()).update(members)
         return keys
 
+    def resync(self, pods: Iterable[Pod]) -> None:
+        """Make the index hold exactly the acceptable ``pods`` (a full sync's pass over the cache).
+
+        Pod objects are immutable and a changed pod is a new object, so a pod already held as this very
+        object is kept as indexed (one dict lookup); the others are (re)indexed, and pods gone removed."""
+        if not self.pods:
+            self.load(pods)
+            return
+        ids, held = self._ids, self.pods
+        seen: set[str] = set()
+        fresh: list[Pod] = []
+        for pod in pods:
+            k = ids.get(id(pod))
+            if k is not None and held.get(k) is pod:
+                seen.add(k)
+            else:
+                fresh.append(pod)
+        for k in held.keys() - seen:
+            self.remove(k)
+        for pod in fresh:
+            if self.accepts(pod):
+                self.add(pod.meta.key, pod)
+
     def _claim(self, key: str, ips: Iterable[str]) -> None:
         for ip in ips:
             other = self.ip_owner.setdefault(ip, key)
@@ -170,6 +207,8 @@ class PodIndex:
         pod = self.pods.pop(key, None)
         if pod is None:
             return None
+        self._ids.pop(id(pod), None)
+        self.local.discard(key)
         ns = pod.meta.namespace
         self.by_ns[ns].discard(key)
         bl, bk = self.by_label[ns], self.by_label_key[ns]

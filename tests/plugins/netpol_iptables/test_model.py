@@ -267,6 +267,7 @@ def test_random_churn_equals_a_full_build():
     pols = {}
     d = Desired("node-1", V4V6)
     d.build([], pods.values(), nss.values())
+    rebuilt = Desired("node-1", V4V6)  # full builds again and again on one object (reusing its pod index)
     for step in range(120):
         r = rng.random()
         if r < 0.5:
@@ -297,3 +298,5 @@ def test_random_churn_equals_a_full_build():
         full = Desired("node-1", V4V6)
         full.build(pols.values(), pods.values(), nss.values())
         assert _snapshot(d) == _snapshot(full), f"step {step}"
+        rebuilt.build(pols.values(), pods.values(), nss.values())
+        assert _snapshot(rebuilt) == _snapshot(full), f"step {step} (rebuilt)"
