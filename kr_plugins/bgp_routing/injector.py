@@ -36,10 +36,12 @@ from .speaker import LearnedPath, Speaker
 log = logging.getLogger("kr.bgp_routing.injector")
 
 OVERLAY_TABLE = 77
-CATCHUP_EVENTS = 50  # per-path events within CATCHUP_WINDOW that make the watcher re-read the table ...
-CATCHUP_FRACTION = 10  # ... and at least 1/10 of the table (a re-read costs ~12 us per path held)
-CATCHUP_WINDOW = 0.05
+CATCHUP_EVENTS = 20  # per-path events of one burst that make the watcher re-read the table ...
+CATCHUP_FRACTION = 20  # ... and at least 1/20 of the table (a re-read costs ~10 us per path held)
+CATCHUP_GAP = 0.02  # s: events closer than this belong to one burst (however slowly they are read)
 ADOPT_GRACE = 20.0  # s: routes of a previous run are kept at least this long (GoBGP v3 retries every 5 s)
+QUIET_POLL = 0.003  # s between two table-count reads that must agree before the table is re-read
+CATCHUP_MAX_WAIT = 1.0  # s: the longest a re-read waits for a burst to end (a table that never settles)
 BURST_QUIET = 0.005  # s without a new event that ends a burst
 BURST_MAX = 0.1  # s: the longest a burst is gathered before it is applied
 
@@ -177,9 +179,11 @@ class Injector:
     # -------------------------------------------------------------------------------- watch thread
     def _watch_loop(self) -> None:
         """Read gobgpd's best-path stream. Its first message is the whole table (the ``init`` dump, one
-        message); after it gobgpd sends one message per path, at a few thousand per second. When such a burst
-        is running (more than CATCHUP_EVENTS, and a tenth of the table, within CATCHUP_WINDOW) the stream is re-opened at once: the new
-        ``init`` dump carries the table as it is now, which is much faster than the queued per-path events."""
+        message); after it gobgpd sends one message per path, and Python's gRPC reads at most some 20,000 of
+        those a second (~50 us each, gobgpd's side included), while a dump costs ~10 us per path. So when a
+        burst is running (more than CATCHUP_EVENTS, and a twentieth of the table, less than CATCHUP_GAP
+        apart) the stream is dropped, :meth:`_wait_quiet` waits for gobgpd's table to settle, and a new
+        stream's ``init`` dump brings the table after the burst at once."""
         backoff = 0.2
         sp: Speaker | None = None
         while not self._stop.is_set():
@@ -190,18 +194,18 @@ class Injector:
                     self._speaker = sp
                     sp.wait_ready(timeout=5)
                 self.connected.set()
-                window_start, in_window = time.monotonic(), 0
+                last_event, in_burst = 0.0, 0
                 for init, batch in sp.watch_best():
                     self._q.put(("init" if init else "paths", batch))
                     if init:
                         backoff = 0.2
-                        window_start, in_window = time.monotonic(), 0
                         continue
-                    in_window += len(batch)
                     now = time.monotonic()
-                    if now - window_start > CATCHUP_WINDOW:
-                        window_start, in_window = now, 0
-                    elif in_window > max(CATCHUP_EVENTS, len(self.routes) // CATCHUP_FRACTION):
+                    if now - last_event > CATCHUP_GAP:
+                        in_burst = 0
+                    last_event = now
+                    in_burst += len(batch)
+                    if in_burst > max(CATCHUP_EVENTS, len(self.routes) // CATCHUP_FRACTION):
                         catch_up = True
                         self.stats.catch_ups += 1
                         break
@@ -216,14 +220,34 @@ class Injector:
                 log.exception("gobgpd watch failed; reconnecting")
             finally:
                 self.connected.clear()
-            if catch_up:
-                continue  # same channel, a new stream: its init dump is the table as it is now
+            if catch_up and sp is not None:  # same channel, a new stream once the burst is over
+                self._wait_quiet(sp)
+                continue
             if sp is not None:  # after an error: a new channel
                 with contextlib.suppress(Exception):
                     sp.close()
                 sp = None
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 5.0)
+
+    def _wait_quiet(self, sp: Speaker) -> None:
+        """After the stream was dropped for a burst: poll gobgpd's table counts (a cheap unary call) until
+        two reads QUIET_POLL apart agree, at most CATCHUP_MAX_WAIT. The next stream's ``init`` dump then
+        carries the table after the burst in one message, instead of a partial table followed by the rest
+        of the burst one path per message. gobgpd answers between two UPDATE messages it processes, so an
+        unchanged count means no UPDATE was waiting; a burst that ends early (a mass next-hop change keeps
+        the counts) only costs a later re-read."""
+        deadline = time.monotonic() + CATCHUP_MAX_WAIT
+        last: tuple[int, ...] | None = None
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                counts = sp.table_counts()
+            except grpc.RpcError:
+                return  # the new stream will tell what is wrong
+            if counts == last:
+                return
+            last = counts
+            self._stop.wait(QUIET_POLL)
 
     # -------------------------------------------------------------------------------- inject thread
     def _inject_loop(self) -> None:
@@ -235,11 +259,13 @@ class Injector:
                 item = "resync"
             items = [item]
             # gobgpd sends one event per path: gather a burst (until 5 ms of quiet, at most 100 ms) so a
-            # table of thousands of paths becomes a few netlink batches instead of one per path
+            # table of thousands of paths becomes a few netlink batches instead of one per path; a table
+            # dump is complete in itself, so after one only what is already queued is taken
             first = time.monotonic()
             while time.monotonic() - first < BURST_MAX:
                 try:
-                    items.append(self._q.get(timeout=BURST_QUIET))
+                    dump = isinstance(items[-1], tuple) and items[-1][0] == "init"
+                    items.append(self._q.get_nowait() if dump else self._q.get(timeout=BURST_QUIET))
                 except queue.Empty:
                     break
             if "stop" in items:
