@@ -160,17 +160,48 @@ def _random32() -> int:
     return int.from_bytes(os.urandom(4), "big") or 1
 
 
+IP_RECVERR, IPV6_RECVERR = 11, 25  # linux/in.h, linux/in6.h
+
+
+def _own_error(s: socket.socket, fam: int, sport: int, dport: int) -> int | None:
+    """Drain the error queue; the errno of an ICMP error about our INIT (ports ``sport`` -> ``dport``).
+
+    Every raw protocol-132 socket of a netns connected to the same address gets every ICMP error about
+    protocol-132 packets to it, whichever socket sent them: concurrent probes to another port of the same
+    pod must not take a REJECT meant for one of them as theirs. With IP_RECVERR each error is queued with
+    the offending packet, whose SCTP ports say whose it was."""
+    level, opt = (socket.IPPROTO_IP, IP_RECVERR) if fam == socket.AF_INET else (socket.IPPROTO_IPV6, IPV6_RECVERR)
+    found = None
+    timeout = s.gettimeout()
+    s.setblocking(False)  # with a timeout set, Python would first wait for data to read
+    try:
+        while True:
+            try:
+                data, anc, _, _ = s.recvmsg(64, 512, socket.MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                return found
+            for lvl, typ, cdata in anc:  # struct sock_extended_err starts with ee_errno
+                if (lvl, typ) == (level, opt) and len(cdata) >= 4 and data[:4] == struct.pack("!HH", sport, dport):
+                    found = struct.unpack_from("=I", cdata)[0]
+    finally:
+        s.settimeout(timeout)
+
+
 def exchange(ns: str | None, ip: str, port: int, timeout: float) -> str:
     """Send one INIT to ``ip``:``port`` from netns ``ns`` and wait for its INIT-ACK; returns the State
     Cookie as text (the raw responder's ``namespace/name``). Raises :class:`ConnectionRefusedError` on
-    an ABORT, the socket's :class:`OSError` on an ICMP error (the raw socket is connected, so the kernel
-    reports them: ECONNREFUSED for a REJECT, ENOPROTOOPT or EPROTO when nothing at the far end takes
-    protocol 132), :class:`TimeoutError` when nothing answers."""
+    an ABORT, :class:`OSError` on an ICMP error about this INIT (ECONNREFUSED for a REJECT's port
+    unreachable, ENOPROTOOPT or EPROTO when nothing at the far end takes protocol 132; see
+    :func:`_own_error`), :class:`TimeoutError` when nothing answers."""
     fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
     with in_netns(ns):
         s = socket.socket(fam, socket.SOCK_RAW, IPPROTO_SCTP)
     try:
-        s.connect((ip, 0))  # only packets from ip are read, and ICMP errors are reported
+        if fam == socket.AF_INET:
+            s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+        else:
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+        s.connect((ip, 0))  # only packets from ip are read
         sport = 32768 + int.from_bytes(os.urandom(2), "big") % 28000
         tag = _random32()
         s.send(init(sport, port, tag, _random32()))
@@ -180,7 +211,16 @@ def exchange(ns: str | None, ip: str, port: int, timeout: float) -> str:
             if left <= 0:
                 raise TimeoutError("no INIT-ACK")
             s.settimeout(left)
-            got = parse(strip_ip(s.recv(65535), fam))
+            try:
+                data = s.recv(65535)
+            except OSError as e:
+                if isinstance(e, TimeoutError) or e.errno is None:
+                    raise
+                err = _own_error(s, fam, sport, port)
+                if err is not None:
+                    raise OSError(err, os.strerror(err)) from None
+                continue  # an error about another probe's packet
+            got = parse(strip_ip(data, fam))
             if got is None or not got.checksum_ok or got.vtag != tag or (got.sport, got.dport) != (port, sport):
                 continue  # another probe's answer, or noise
             if got.first == INIT_ACK:

@@ -9,6 +9,7 @@ INIT-ACK as its reply.
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import os
 import shutil
@@ -109,7 +110,8 @@ def net() -> Iterator[dict[str, str]]:
             _ip(names[k], "link", "set", "eth0", "up")
             _ip(names[k], "route", "add", "default", "via", f"10.98.{i}.1")
             _ip(names[k], "-6", "route", "add", "default", "via", f"fd98:{i}::1")
-        netns.run(r, ["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])
+        netns.run(r, ["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
+                      "net.ipv4.icmp_ratelimit=0", "net.ipv4.icmp_msgs_per_sec=100000", "net.ipv6.icmp.ratelimit=0"])
         netns.run(r, ["nft", "-f", "-"], input=RULES)
         for i in (1, 2, 3):  # neighbours resolved before the first probe
             for addr in (f"10.98.{i}.2", f"fd98:{i}::2"):
@@ -167,5 +169,28 @@ def test_exchange_through_netfilter_and_conntrack(net, family):
         assert after["ct state established,related"] == 4
         resp.remove("x/b")
         assert resp.raw == {}
+    finally:
+        resp.close()
+
+
+@pytest.mark.root
+def test_concurrent_probes_take_only_their_own_icmp_errors(net):
+    """Every raw protocol-132 socket connected to an address gets the ICMP errors about all protocol-132
+    packets to it: a REJECT of port 82 must not fail the probes of port 80 running at the same time."""
+    resp = Responders(raw_sctp=True)
+    try:
+        resp.add("x/b", net["s"], [("SCTP", 80)])
+
+        def one(port: int) -> str:
+            try:
+                return rawsctp.exchange(net["c"], "10.98.2.2", port, 2.0)
+            except OSError as e:
+                return f"errno {e.errno}"
+
+        ports = [80, 82] * 40
+        with concurrent.futures.ThreadPoolExecutor(16) as ex:
+            got = list(ex.map(one, ports))
+        assert {g for p, g in zip(ports, got, strict=True) if p == 80} == {"x/b"}
+        assert {g for p, g in zip(ports, got, strict=True) if p == 82} == {f"errno {errno.ECONNREFUSED}"}
     finally:
         resp.close()
