@@ -15,10 +15,10 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 
 from kr_core.net.ipset import IpSet, IpsetError, IpsetRunner, temp_name
+from kr_core.net.ipsetnl import add_members
 from kr_core.net.iptables import Family, Iptables, IptablesError, Mode, clean_comment, detect_mode, render_rule
 
 from . import rules as R
-from .ipsetnl import add_members
 
 log = logging.getLogger("kr.ipvs_proxy.firewall")
 

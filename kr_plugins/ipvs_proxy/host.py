@@ -19,8 +19,7 @@ from typing import Any
 
 from kr_core.net import links, sysctl
 from kr_core.net.links import Route
-
-from .netlink import HDR, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkSocket, nla
+from kr_core.net.netlink import HDR, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkSocket, nla
 
 log = logging.getLogger("kr.ipvs_proxy.host")
 

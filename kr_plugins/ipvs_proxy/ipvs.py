@@ -4,7 +4,7 @@ Why not pyroute2 here: its generic IPVS path costs ~2 ms per object in UML (mess
 its dump ~17 ms per service (``../shared/reference/ipvs-floors.md``), so a cold sync or an adoption at 10k
 Services would take minutes. This module builds the messages with ``struct`` and per-object caches (the
 service-key attribute block is built once per virtual server, the constant tail of a destination once per
-weight/method), sends them through :class:`~kr_plugins.ipvs_proxy.netlink.NetlinkSocket.send_all` and
+weight/method), sends them through :class:`~kr_core.net.netlink.NetlinkSocket.send_all` and
 parses dumps with a flat attribute walk.
 
 Operations are plain tuples ``(op, VKey, arg)`` (see :data:`ADD_SVC` ...), produced by
@@ -23,8 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .model import DKey, DVal, VKey, VParams
-from .netlink import (
+from kr_core.net.netlink import (
     HDR,
     NLM_F_ACK,
     NLM_F_CREATE,
@@ -36,6 +35,8 @@ from .netlink import (
     nest,
     nla,
 )
+
+from .model import DKey, DVal, VKey, VParams
 
 log = logging.getLogger("kr.ipvs_proxy.ipvs")
 

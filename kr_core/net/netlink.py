@@ -1,4 +1,8 @@
-"""A raw netlink socket that sends many requests per ``sendmsg`` with one ack per batch.
+"""A raw netlink socket that sends many requests per ``sendmsg`` with one ack per batch (any protocol).
+
+Shared by the bulk writers: IPVS (generic netlink), addresses (rtnetlink) and ipsets (netfilter,
+:mod:`kr_core.net.ipsetnl`). The caller renders each message (``build(index, seq, ack)``); the socket
+batches them and maps the kernel's error replies back to the request indexes.
 
 The kernel handles the messages of one buffer in order and stays silent on success when a message does not
 ask for an ack; failures still come back, each as an ``NLMSG_ERROR`` carrying the failing message's
@@ -146,6 +150,25 @@ class NetlinkSocket:
                     if err:
                         raise NetlinkError(-err, f"netlink request type {msg_type}: {os.strerror(-err)}")
                     return
+
+    def query(self, msg_type: int, flags: int, payload: bytes) -> list[bytes]:
+        """One request with an ack whose reply carries data (e.g. ``IPSET_CMD_TYPE``): the payloads of the
+        reply messages (copied); raises :class:`NetlinkError` on failure."""
+        seq = self.next_seq()
+        self.sock.send(HDR.pack(16 + len(payload), msg_type, NLM_F_REQUEST | NLM_F_ACK | flags, seq, 0) + payload)
+        out: list[bytes] = []
+        while True:
+            for typ, _fl, s, p in self._recv():
+                if s != seq:
+                    continue
+                if typ == NLMSG_ERROR:
+                    err = ERR.unpack_from(p)[0]
+                    if err:
+                        raise NetlinkError(-err, f"netlink request type {msg_type}: {os.strerror(-err)}")
+                    return out
+                if typ == NLMSG_DONE:
+                    return out
+                out.append(bytes(p))
 
     def dump(self, msg_type: int, payload: bytes, parse: Callable[[memoryview], Any] | None = None) -> list[Any]:
         """One dump request; the payloads of its replies (copied), or ``parse(payload)`` of each (called on
