@@ -31,11 +31,58 @@ class PeerError(ValueError):
 
 @dataclass(frozen=True)
 class BfdConfig:
+    """BFD for one external peer (``--enable-bfd``/``--bfd-*`` or the ``bfd`` of a ``peers`` entry);
+    intervals in milliseconds."""
+
     enabled: bool = False
     port: int = 3784
     detection_multiplier: int = 3
     required_min_rx_interval: int = 1000
     desired_min_tx_interval: int = 1000
+
+
+#: interval bounds (ms): BFD carries microseconds in 32 bits
+BFD_MAX_INTERVAL_MS = 4294967
+_BFD_KEYS = {"enabled", "port", "detection_multiplier", "required_min_rx_interval", "desired_min_tx_interval"}
+
+
+def bfd_problem(c: BfdConfig) -> str | None:
+    """Why ``c`` cannot be used (None: valid)."""
+    if not 0 < c.port < 65536:
+        return f"BFD port {c.port} out of range (1-65535)"
+    if not 1 <= c.detection_multiplier <= 255:
+        return f"BFD detection multiplier {c.detection_multiplier} out of range (1-255)"
+    for name, v in (("required min RX", c.required_min_rx_interval), ("desired min TX", c.desired_min_tx_interval)):
+        if not 1 <= v <= BFD_MAX_INTERVAL_MS:
+            return f"BFD {name} interval {v} ms out of range (1-{BFD_MAX_INTERVAL_MS})"
+    return None
+
+
+def bfd_from_yaml(raw: Any, where: str) -> BfdConfig:
+    """The ``bfd`` mapping of a ``peers`` entry; raises :class:`PeerError` on any invalid value."""
+    if not isinstance(raw, dict):
+        raise PeerError(f"{where}: bfd must be a mapping, not {type(raw).__name__}")
+    unknown = sorted(str(k) for k in raw if k not in _BFD_KEYS)
+    if unknown:
+        raise PeerError(f"{where}: bfd: unknown key(s) {', '.join(unknown)}")
+    enabled = raw.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise PeerError(f"{where}: bfd.enabled must be true or false, not {enabled!r}")
+    values: dict[str, int] = {}
+    for key, default in (("port", 3784), ("detection_multiplier", 3), ("required_min_rx_interval", 1000),
+                         ("desired_min_tx_interval", 1000)):
+        v = raw.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, str)):
+            raise PeerError(f"{where}: bfd.{key} {v!r} is not a number")
+        try:
+            values[key] = int(str(v).strip())
+        except ValueError:
+            raise PeerError(f"{where}: bfd.{key} {v!r} is not a number") from None
+    c = BfdConfig(enabled=enabled, **values)
+    problem = bfd_problem(c)
+    if problem:
+        raise PeerError(f"{where}: {problem}")
+    return c
 
 
 @dataclass(frozen=True)
@@ -158,13 +205,12 @@ def peers_from_yaml(text: str) -> tuple[list[PeerConfig], list[str]]:
             if item.get("remoteasn") in (None, ""):
                 raise PeerError(f"{where}: remoteasn is required")
             where = f"{where} ({item['remoteip']})"
-            bfd_raw = item.get("bfd") or {}
-            bfd = BfdConfig(
-                enabled=bool(bfd_raw.get("enabled", False)), port=int(bfd_raw.get("port", 3784)),
-                detection_multiplier=int(bfd_raw.get("detection_multiplier", 3)),
-                required_min_rx_interval=int(bfd_raw.get("required_min_rx_interval", 1000)),
-                desired_min_tx_interval=int(bfd_raw.get("desired_min_tx_interval", 1000)),
-            ) if isinstance(bfd_raw, dict) else BfdConfig()
+            bfd = BfdConfig()
+            if item.get("bfd") is not None:
+                try:
+                    bfd = bfd_from_yaml(item["bfd"], where)
+                except PeerError as e:
+                    problems.append(f"{e}; this peer runs without BFD")
             out.append(PeerConfig(
                 address=_ip(item["remoteip"], where), asn=_asn(item["remoteasn"], where),
                 port=_port(item.get("port"), where),
