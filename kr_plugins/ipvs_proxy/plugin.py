@@ -522,9 +522,8 @@ class Plugin:
 
     def _sync_firewall(self, desired: Desired, full: bool, periodic: bool = False) -> None:
         assert self.fw is not None
-        if periodic:
+        if periodic:  # chain drift is checked by every chain sync (it reads the ruleset anyway)
             self.fw.check_sets()
-            self.fw.check_drift()
         self.set_refs = self._set_entries(list(self.models.values()))
         local = self._local_ips()
         sets = []
@@ -539,16 +538,14 @@ class Plugin:
         _lap(self.timings, "firewall_chains_and_jumps", t)
 
     def _apply_chains(self) -> None:
-        """Chains first (created or rewritten), then the jumps into them, then deletion of chains no
-        longer wanted (their jumps are gone by then)."""
+        """Chains (created or rewritten), the jumps into them, deletion of chains no longer wanted (their
+        jumps are gone by then): one save and at most one restore per family."""
         assert self.fw is not None
         want, remove = self._chains()
-        self.fw.sync_chains(want)
+        jumps = {}
         for f in self.opts.families:
-            self.fw.ensure_input_jump(f)
-            self.fw.ensure_postrouting(f, hairpin=(f, "nat", R.CHAIN_HAIRPIN) in want)
-        if remove:
-            self.fw.sync_chains({}, remove)
+            jumps.update(self.fw.jumps(f, hairpin=(f, "nat", R.CHAIN_HAIRPIN) in want))
+        self.fw.sync_iptables(want, remove, jumps)
 
     # ================================================================================ events
     @hookimpl

@@ -127,10 +127,21 @@ def snat_rules(family: int, node_ip: str, pod_cidrs: Sequence[str], masquerade_a
 
 
 def ipsets(family: int, svip: Iterable[str], svip_prt: Iterable[str], local_ips: Iterable[str]) -> list[IpSet]:
-    """The three firewall sets of one family."""
+    """The three firewall sets of one family, each created with a hash size fitting its entries."""
     fam = set_family(family)
-    return [
-        IpSet(SET_SVIP, "hash:ip", fam, tuple(sorted(svip))),
-        IpSet(SET_SVIP_PRT, "hash:ip,port", fam, tuple(sorted(svip_prt))),
-        IpSet(SET_LOCAL_IPS, "hash:ip", fam, tuple(sorted(local_ips))),
-    ]
+    out = []
+    for name, kind, entries in ((SET_SVIP, "hash:ip", svip), (SET_SVIP_PRT, "hash:ip,port", svip_prt),
+                                (SET_LOCAL_IPS, "hash:ip", local_ips)):
+        members = tuple(sorted(entries))
+        out.append(IpSet(name, kind, fam, members, hashsize=hashsize_for(len(members))))
+    return out
+
+
+def hashsize_for(n: int) -> int:
+    """The power of two >= ``n`` (at least 1,024, ipset's default): a temporary set created this size is
+    filled without the kernel growing and rehashing it on the way (10k members from 1,024 buckets took
+    several resizes). Resizing is ignored when ``create -exist`` compares a set's options."""
+    size = 1024
+    while size < n:
+        size *= 2
+    return size

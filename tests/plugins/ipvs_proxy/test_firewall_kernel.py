@@ -110,3 +110,70 @@ def test_firewall_on_this_kernel(mode):
 def test_firewall_in_vm_legacy_with_ipvs_match():
     subprocess.run(["modprobe", "ip_vs"], check=False)
     exercise("legacy", with_ipvs_match=True)
+
+
+def exercise_sync_iptables(mode: str, with_ipvs_match: bool) -> None:
+    """Chains + jumps + deletions in one save and one restore per family; idempotent; drift repaired;
+    stale jump copies removed; another tool's rules left alone."""
+    with netns.temporary("krp-fw2") as ns:
+        if not _mode_works(mode, ns):
+            pytest.skip(f"iptables-{mode} or ipset does not work in this kernel")
+        with netns.in_netns(ns):
+            fw = Firewall((4, 6), mode)
+            fw.sync_sets(R.ipsets(4, ["10.96.0.10"], [], []) + R.ipsets(6, ["fd00::10"], [], []))
+            subprocess.run([f"iptables-{mode}", "-A", "INPUT", "-s", "192.0.2.99", "-j", "ACCEPT"], check=True)
+            # a stale copy of our INPUT jump (other position) must go
+            subprocess.run([f"iptables-{mode}", "-N", R.CHAIN_SERVICES], check=True)
+            subprocess.run([f"iptables-{mode}", "-A", "INPUT", "-m", "comment", "--comment", R.JUMP_INPUT_COMMENT,
+                            "-j", R.CHAIN_SERVICES], check=True)
+            want = {(f, "filter", R.CHAIN_SERVICES): R.firewall_rules(f, []) for f in (4, 6)}
+            want[(4, "nat", R.CHAIN_SNAT)] = R.snat_rules(4, "192.168.1.5", ["10.244.1.0/24"], False)
+            want[(6, "nat", R.CHAIN_SNAT)] = R.snat_rules(6, "fd00:1::5", ["fd00:244::/64"], False)
+            hairpin = [["-s", "10.244.1.9/32", "-d", "10.244.1.9/32", "-j", "SNAT", "--to-source", "10.96.0.10"]]
+            if with_ipvs_match:
+                want[(4, "nat", R.CHAIN_HAIRPIN)] = hairpin
+                jumps = {**fw.jumps(4, hairpin=True), **fw.jumps(6, hairpin=False)}
+            else:  # no xt_ipvs on this kernel: INPUT only
+                jumps = {k: v for f in (4, 6) for k, v in fw.jumps(f, hairpin=False).items() if k[2] == "INPUT"}
+            assert fw.sync_iptables(want, [], jumps)
+            w = fw.writes
+            assert not fw.sync_iptables(want, [], jumps) and fw.writes == w  # nothing changed: no restore
+            text = save(ns, mode)
+            inputs = [ln for ln in text.splitlines() if ln.startswith("-A INPUT")]
+            assert len(inputs) == 2 and R.CHAIN_SERVICES in inputs[0] and "192.0.2.99" in inputs[1], inputs
+            if with_ipvs_match:
+                post = [ln for ln in text.splitlines() if ln.startswith("-A POSTROUTING")]
+                assert len(post) == 2 and R.CHAIN_HAIRPIN in post[0] and R.CHAIN_SNAT in post[1], post
+            # drift: our chain flushed by hand, the INPUT jump deleted: both repaired by the next sync
+            subprocess.run([f"iptables-{mode}", "-F", R.CHAIN_SERVICES], check=True)
+            subprocess.run([f"iptables-{mode}", "-D", "INPUT", "1"], check=True)
+            assert fw.sync_iptables(want, [], jumps)
+            assert not fw.sync_iptables(want, [], jumps)
+            text = save(ns, mode)
+            assert text.count(f"-A {R.CHAIN_SERVICES} ") == len(want[(4, "filter", R.CHAIN_SERVICES)])
+            assert next(ln for ln in text.splitlines() if ln.startswith("-A INPUT")).find(R.CHAIN_SERVICES) > 0
+            if with_ipvs_match:  # hairpin no longer wanted: its jump and chain go in the same restore
+                del want[(4, "nat", R.CHAIN_HAIRPIN)]
+                jumps.update(fw.jumps(4, hairpin=False))
+                assert fw.sync_iptables(want, [(4, "nat", R.CHAIN_HAIRPIN)], jumps)
+                text = save(ns, mode)
+                assert f":{R.CHAIN_HAIRPIN}" not in text
+                post = [ln for ln in text.splitlines() if ln.startswith("-A POSTROUTING")]
+                assert len(post) == 1 and R.CHAIN_SNAT in post[0], post
+            fw.cleanup()
+        text = save(ns, mode) + save(ns, mode, v6=True)
+        assert "KUBE-ROUTER" not in text and "192.0.2.99" in text
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_sync_iptables_on_this_kernel(mode):
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    exercise_sync_iptables(mode, with_ipvs_match=False)
+
+
+@pytest.mark.vm
+def test_sync_iptables_in_vm_legacy_with_ipvs_match():
+    subprocess.run(["modprobe", "ip_vs"], check=False)
+    exercise_sync_iptables("legacy", with_ipvs_match=True)
