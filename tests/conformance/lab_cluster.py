@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kr_core.lab.kube import Kube
-from kr_core.lab.probe import Resolver, probe_one
+from kr_core.lab.probe import Resolver, Target, probe_one
 from kr_core.lab.state import LabState
 from kr_core.model import Namespace, NetworkPolicy, Pod
 
@@ -32,20 +32,44 @@ def kr_lab(*args: str, check: bool = True, timeout: float = 180) -> subprocess.C
     return p
 
 
-def pod_manifest(ns: str, name: str, node: str, labels: dict[str, str]) -> dict[str, Any]:
+def pod_manifest(ns: str, name: str, node: str, labels: dict[str, str],
+                 protocols: Iterable[str] = ("TCP", "UDP")) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": labels},
             "spec": {"nodeName": node, "containers": [
                 {"name": f"cont-{p}-{proto.lower()}", "image": "lab",
                  "ports": [{"containerPort": p, "protocol": proto, "name": f"serve-{p}-{proto.lower()}"}]}
-                for p in (80, 81) for proto in ("TCP", "UDP")]}}
+                for p in (80, 81) for proto in protocols]}}
+
+
+def service_manifest(ns: str, pod: str, protocols: Iterable[str] = ("TCP", "UDP")) -> dict[str, Any]:
+    """Upstream's per-pod Service ``s-<ns>-<pod>``: ClusterIP, selector ``pod=<pod>``, ports 80 and 81."""
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": f"s-{ns}-{pod}", "namespace": ns},
+            "spec": {"type": "ClusterIP", "selector": {"pod": pod}, "ports": [
+                {"name": f"service-port-{proto.lower()}-{p}", "protocol": proto, "port": p, "targetPort": p}
+                for p in (80, 81) for proto in protocols]}}
 
 
 class LabCluster:
+    """``plugin``: the agents' plugins (a comma list, e.g. ``netpol_iptables,ipvs_proxy``). ``services``: every
+    pod also gets upstream's ClusterIP Service (:func:`service_manifest`) and the runner probes each
+    destination twice, at ``ns/pod`` (the pod IP) and ``svc/ns/pod`` (the Service's ClusterIP), expecting the
+    same verdict. ``protocols``: the pods' (and Services') server protocols; ``probe_timeout``: seconds per
+    probe (a slow machine such as the UML VM needs more than the default); ``workers``: probes in flight (a
+    blocked probe waits its whole timeout, so a round of probes lasts about ``timeout * blocked / workers``)."""
+
     def __init__(self, name: str, plugin: str, pods: Iterable[tuple[str, str, dict[str, str]]],
-                 namespaces: dict[str, dict[str, str]], nodes: int = 2) -> None:
+                 namespaces: dict[str, dict[str, str]], nodes: int = 2, *, services: bool = False,
+                 protocols: Iterable[str] = ("TCP", "UDP"), probe_timeout: float = 0.3, workers: int = 48,
+                 up_timeout: float = 180) -> None:
         self.name = name
+        self.probe_services = services
+        self.protocols = tuple(protocols)
+        self.probe_timeout = probe_timeout
+        self.workers = workers
+        self._targets: dict[str, Target] = {}
         kr_lab("down", "--name", name, check=False)
-        kr_lab("up", "--name", name, "--nodes", str(nodes), "--static-routes", "--plugins", plugin)
+        kr_lab("up", "--name", name, "--nodes", str(nodes), "--static-routes", "--plugins", plugin,
+               timeout=up_timeout)
         st = LabState.load(name)
         assert st is not None
         self.st = st
@@ -59,7 +83,9 @@ class LabCluster:
         keys = []
         for i, (ns, name_, labels) in enumerate(pods):
             node = st.nodes[i % len(st.nodes)].name
-            self.kube.create(f"/api/v1/namespaces/{ns}/pods", pod_manifest(ns, name_, node, labels))
+            self.kube.create(f"/api/v1/namespaces/{ns}/pods", pod_manifest(ns, name_, node, labels, self.protocols))
+            if services:
+                self.kube.create(f"/api/v1/namespaces/{ns}/services", service_manifest(ns, name_, self.protocols))
             keys.append(f"{ns}/{name_}")
         self._wait_running(keys)
         self.resolver = Resolver(st, self.kube)
@@ -113,13 +139,27 @@ class LabCluster:
     # ---------------------------------------------------------------------------------- probing
     def matrix(self, ports: Iterable[int], protocols: Iterable[str],
                pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str, int, str], bool]:
+        """Destinations are pod keys (probed at the pod IP) or ``svc/<pod key>`` (at the pod's Service's
+        ClusterIP, which must answer with that pod's name)."""
         pairs = list(pairs)
-        targets = {d: self.resolver.target(d) for _, d in pairs}
+        targets = {d: self.target(d) for _, d in pairs}
         jobs = [(s, d, p, proto) for p in ports for proto in protocols for s, d in pairs]
-        with concurrent.futures.ThreadPoolExecutor(max_workers=48) as ex:
-            res = ex.map(lambda j: probe_one(self._netns[j[0]], j[0], targets[j[1]], j[2], j[3], timeout=0.3,
-                                             attempt_timeout=0.3).connected, jobs)
+        t = self.probe_timeout
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(jobs)))) as ex:
+            res = ex.map(lambda j: probe_one(self._netns[j[0]], j[0], targets[j[1]], j[2], j[3], timeout=t,
+                                             attempt_timeout=t).connected, jobs)
             return dict(zip(jobs, res, strict=True))
+
+    def target(self, dst: str) -> Target:
+        """Where ``dst`` (``ns/pod`` or ``svc/ns/pod``) is probed; looked up once (addresses never change here)."""
+        if dst not in self._targets:
+            if dst.startswith("svc/"):
+                ns, _, pod = dst[4:].partition("/")
+                t = self.resolver.target(f"svc/{ns}/s-{ns}-{pod}")
+                self._targets[dst] = Target(dst, t.ip, [f"{ns}/{pod}"])
+            else:
+                self._targets[dst] = self.resolver.target(dst)
+        return self._targets[dst]
 
     def close(self) -> None:
         kr_lab("down", "--name", self.name, check=False)

@@ -18,8 +18,14 @@ CONVERGE_S = 5.0  # upstream gives about 10 s per change; kr is expected to be m
 
 
 def expected(cluster: Any, step: Step) -> dict[tuple[str, str, int, str], bool]:
+    """The oracle's matrix; for a cluster with ``probe_services`` true, also every cell with the destination
+    ``svc/<pod key>`` (the pod's ClusterIP), with the same verdict as at the pod IP: upstream's harness
+    expects a Service to be exactly as reachable as the pod behind it."""
     world = World.of(cluster.policies(), {n: o.meta.labels for n, o in cluster.namespaces.items()})
-    return matrix(cluster.pods.values(), world, step.ports, step.protocols)
+    want = matrix(cluster.pods.values(), world, step.ports, step.protocols)
+    if getattr(cluster, "probe_services", False):
+        want |= {(s, f"svc/{d}", p, proto): v for (s, d, p, proto), v in want.items()}
+    return want
 
 
 def reset(cluster: Any) -> None:
