@@ -27,6 +27,10 @@ class Metrics:
         self.host_routes_removed = Counter("kube_router_host_routes_removed", "Host routes removed", registry=r)
         self.bad_input = Counter("kr_bgp_routing_bad_input_total", "Annotations/flags skipped as invalid",
                                  ["object"], registry=r)
+        self.bfd_session_up = Gauge("kr_bgp_bfd_session_up", "BFD session with an external BGP peer is Up (1) or not (0)",
+                                    ["peer"], registry=r)
+        self.bfd_transitions = Counter("kr_bgp_bfd_transitions_total", "BFD session state changes",
+                                       ["peer", "state"], registry=r)
         self.gobgpd_restarts = Counter("kr_bgp_routing_gobgpd_restarts_total", "gobgpd restarts after it died",
                                        registry=r)
 

@@ -18,6 +18,7 @@ counted in ``kr_bgp_routing_bad_input_total`` and skipped; everything else is st
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -41,6 +42,9 @@ from kr_core import (
 from kr_core.net import netns as kr_netns
 from kr_core.net.svcip import Validator
 
+from .bfd import Change, Params
+from .bfd import State as BfdState
+from .bfdd import BfdDaemon, SessionSpec
 from .desired import GlobalSpec, Options, PeerSpec, external_peers, internal_peers, local_asn
 from .gobgpd import Gobgpd
 from .host import DEFAULT_CNI_CONF, Host, ipsets_for
@@ -48,7 +52,7 @@ from .injector import InjectConfig, Injector
 from .metrics import Metrics
 from .naming import TUNNEL_PREFIX, generate_router_id, grpc_listen_addrs
 from .nodeinfo import cluster_ipsets, node_bgp, node_ip_of_family, node_ips, pod_cidrs
-from .peers import PeerConfig, peers_from_annotations, peers_from_flags, valid_cluster_asn
+from .peers import BfdConfig, PeerConfig, bfd_problem, peers_from_annotations, peers_from_flags, valid_cluster_asn
 from .policy import EXPORT_POLICY, IMPORT_POLICY, DefinedSet, PolicyInputs, VersionedPolicy, build, diff_sets
 from .speaker import PeerStatus, Speaker
 from .stubs import StubsError, load
@@ -129,6 +133,9 @@ class Plugin:
         self._pending_reset: set[str] = set()  # soft reset directions owed after a policy swap
         self._iface: tuple[str, str, list[str], int | None] | None = None  # (node IP, iface, subnets, mtu)
         self._host_key: tuple[Any, ...] | None = None
+        self.bfdd: BfdDaemon | None = None
+        self._bfd_held: set[str] = set()  # peers whose BGP session kr disabled because BFD went down
+        self._bfd_gr_warned = False
 
     def _reset_committed(self) -> None:
         self.global_spec: GlobalSpec | None = None
@@ -161,6 +168,13 @@ class Plugin:
             s.peer_router_passwords_file)
         if problems:
             raise PluginConfigError("; ".join(problems), path="peer-router-ips")
+        if s.enable_bfd:  # --enable-bfd: BFD for the global (flag) peers, with the --bfd-* parameters
+            flag_bfd = BfdConfig(True, s.bfd_port, s.bfd_detection_multiplier, s.bfd_required_min_rx_interval,
+                                 s.bfd_desired_min_tx_interval)
+            problem = bfd_problem(flag_bfd)
+            if problem:
+                raise PluginConfigError(f"--enable-bfd: {problem}", path="enable-bfd")
+            self.flag_peers = [dataclasses.replace(p, bfd=flag_bfd) for p in self.flag_peers]
         self.validator = Validator.from_settings(s)
         self.opts = Options(
             cluster_asn=s.cluster_asn, full_mesh=s.nodes_full_mesh, enable_ibgp=s.enable_ibgp, bgp_port=s.bgp_port,
@@ -218,6 +232,9 @@ class Plugin:
 
     @hookimpl
     def stop(self) -> None:
+        if self.bfdd:
+            self.bfdd.stop()  # AdminDown to the peers first: they keep their BGP sessions (RFC 5882 3.2)
+            self.bfdd = None
         if self.injector:
             self.injector.stop()
         if self.sp:
@@ -407,6 +424,7 @@ class Plugin:
         elif self.export.statements is not None:
             self._drop_policies()
         self._apply_peers(want_peers)
+        self._apply_bfd(ext_cfg, ext)
         self._soft_resets()
         if self.metrics:
             self.metrics.internal_peers_sync.observe(time.monotonic() - t_peers)
@@ -521,6 +539,8 @@ class Plugin:
             self.peers[addr] = p
             log.info("BGP peer %s (%s, AS %d%s) added", addr, p.description or p.kind, p.asn,
                      ", route-reflector client" if p.rr_client else "")
+            if addr in self._bfd_held:  # re-added (changed, gobgpd restarted) while BFD is down: keep it down
+                self._bfd_disable(addr)
 
     def _apply_paths(self, want: dict[str, str], cidrs: tuple[str, ...]) -> None:
         assert self.sp is not None
@@ -540,6 +560,72 @@ class Plugin:
             if self.metrics:
                 self.metrics.adv_sent.labels("pod-route" if prefix in cidrs else "advertise-vip").inc()
             log.info("BGP path %s advertised (next hop %s)", prefix, nh)
+
+    # ------------------------------------------------------------------------------------------ BFD
+    def _apply_bfd(self, configs: list[PeerConfig], ext: list[PeerSpec]) -> None:
+        """One BFD session per configured external peer with BFD enabled (kr's own BFD speaker, :mod:`.bfdd`:
+        GoBGP v3 has no BFD)."""
+        enabled = {c.address: c.bfd for c in configs if c.bfd.enabled}
+        want = {p.address: SessionSpec(p.address, p.local_address, b.port, Params.from_ms(
+            b.detection_multiplier, b.desired_min_tx_interval, b.required_min_rx_interval))
+            for p in ext if (b := enabled.get(p.address)) is not None}
+        if want and self.opts.graceful_restart and not self._bfd_gr_warned:
+            self._bfd_gr_warned = True
+            log.warning("BFD is enabled together with BGP graceful restart: when BFD brings a session down, "
+                        "peers that keep graceful-restart state may keep its routes until the restart time")
+        if self.bfdd is None:
+            if not want:
+                return
+            self.bfdd = BfdDaemon(self._on_bfd, netns=self.netns)
+            self.bfdd.start()
+        for addr in [a for a in list(self._bfd_held) if a not in want]:  # BFD turned off for a peer it held down
+            self._bfd_held.discard(addr)
+            if addr in self.peers:
+                self._bfd_enable(addr, "BFD disabled")
+        if self.metrics:
+            for addr in want:
+                self.metrics.bfd_session_up.labels(addr)  # 0 until the session is Up
+            for labels in [m.labels for m in self.metrics.bfd_session_up.collect()[0].samples]:
+                if labels["peer"] not in want:
+                    with contextlib.suppress(KeyError):
+                        self.metrics.bfd_session_up.remove(labels["peer"])
+        self.bfdd.configure(want)
+
+    def _on_bfd(self, peer: str, ch: Change) -> None:
+        """A BFD session changed state (from the BFD notifier thread). Up -> Down (not a peer's AdminDown)
+        disables the BGP peer at once, so its routes are withdrawn without waiting for the hold timer; Up
+        again enables it."""
+        failed = ch.old == BfdState.UP and ch.new == BfdState.DOWN and ch.remote_state != BfdState.ADMIN_DOWN
+        log.log(logging.WARNING if failed else logging.INFO, "BFD session with peer %s: %s -> %s (diag %s%s)",
+                peer, ch.old.name, ch.new.name, ch.diag.name.lower().replace("_", " "),
+                ", peer is admin down" if ch.remote_state == BfdState.ADMIN_DOWN else "")
+        if self.metrics:
+            self.metrics.bfd_session_up.labels(peer).set(1 if ch.new == BfdState.UP else 0)
+            self.metrics.bfd_transitions.labels(peer, ch.new.name).inc()
+        if failed:
+            self._bfd_held.add(peer)
+            self._bfd_disable(peer)
+        elif ch.new == BfdState.UP and peer in self._bfd_held:
+            self._bfd_held.discard(peer)
+            self._bfd_enable(peer, "BFD is up again")
+
+    def _bfd_disable(self, peer: str) -> None:
+        if self.sp is None:
+            return
+        try:
+            self.sp.disable_peer(peer, "BFD session down")
+            log.warning("BGP peer %s shut down: its BFD session went down", peer)
+        except grpc.RpcError as e:
+            log.warning("BGP peer %s: disabling it after BFD went down failed: %s", peer, e.details())
+
+    def _bfd_enable(self, peer: str, why: str) -> None:
+        if self.sp is None:
+            return
+        try:
+            self.sp.enable_peer(peer)
+            log.info("BGP peer %s enabled again: %s", peer, why)
+        except grpc.RpcError as e:
+            log.warning("BGP peer %s: enabling it again failed: %s", peer, e.details())
 
     # ------------------------------------------------------------------------------------------ reporting
     def peer_status(self) -> list[PeerStatus]:
@@ -574,6 +660,9 @@ class Plugin:
             items.append({"kind": "peer", "address": p.address, "asn": p.asn, "type": p.type, "state": p.state,
                           "uptime_s": p.uptime, "received": p.received, "accepted": p.accepted,
                           "advertised": p.advertised, "description": spec.description if spec else ""})
+        bfd = self.bfdd.snapshot() if self.bfdd else []
+        for b in bfd:
+            items.append({"kind": "bfd", **b, "bgp_held_down": b["peer"] in self._bfd_held})
         for prefix, (nh, _) in sorted(self.paths.items()):
             items.append({"kind": "advertised", "prefix": prefix, "next_hop": nh})
         for r in routes:
@@ -584,6 +673,7 @@ class Plugin:
                 "router_id": self.global_spec.router_id if self.global_spec else None,
                 "peers": len(peers), "established": sum(p.state == "ESTABLISHED" for p in peers),
                 "advertised": len(self.paths), "routes": len(routes),
+                "bfd_sessions": len(bfd), "bfd_up": sum(b["state"] == "UP" for b in bfd),
                 "tunnels": len(self.injector.tunnels) if self.injector else 0,
                 "gobgpd_pid": self.daemon.pid if self.daemon else None,
                 "gobgpd_restarts": self.daemon.restarts if self.daemon else 0,

@@ -123,6 +123,16 @@ class Speaker:
         d = api.ResetPeerRequest.OUT if direction == "out" else api.ResetPeerRequest.IN
         self.stub.ResetPeer(api.ResetPeerRequest(address=address, soft=True, direction=d), timeout=RPC_TIMEOUT)
 
+    def disable_peer(self, address: str, communication: str = "") -> None:
+        """Tear the BGP session down at once and keep it down (admin down): gobgpd drops the peer's routes
+        without waiting for the hold timer (BFD saw the path fail)."""
+        self.stub.DisablePeer(self.g.api.DisablePeerRequest(address=address, communication=communication),
+                              timeout=RPC_TIMEOUT)
+
+    def enable_peer(self, address: str) -> None:
+        """Undo :meth:`disable_peer`: gobgpd connects again."""
+        self.stub.EnablePeer(self.g.api.EnablePeerRequest(address=address), timeout=RPC_TIMEOUT)
+
     def list_peers(self) -> list[PeerStatus]:
         api = self.g.api
         out = []
