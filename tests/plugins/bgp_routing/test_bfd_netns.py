@@ -6,10 +6,14 @@ withdrawn because BFD detected the failure, not because the hold timer expired.
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
 import pytest
+
+from kr_core.net import netns
+from kr_plugins.bgp_routing.bfd import Packet, State
 
 from .netlab import EXT_IP, LabNode, NetLab, sh, wait_for
 
@@ -118,3 +122,17 @@ def test_enable_bfd_flag_for_global_peers(netlab_factory) -> None:  # type: igno
     item = bfd_items(n1)[0]
     # BIRD asks for 100 ms: we send every max(200, 100) ms; BIRD sends every max(100, 150) ms, multiplier 3
     assert item["tx_interval_ms"] == 200 and item["detection_time_ms"] == 450 and item["detect_mult"] == 4
+
+    # RFC 5881 5: single hop only, a packet that crossed a router (TTL below 255) is discarded
+    def send(ttl: int) -> None:
+        pkt = Packet(state=State.UP, my_disc=item["remote_disc"], your_disc=item["local_disc"], detect_mult=3,
+                     desired_min_tx=100_000, required_min_rx=100_000)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+            s.bind((EXT_IP, 0))
+            s.sendto(pkt.encode(), (n1.ip, 3784))
+
+    before = bfd_items(n1)[0]["discarded"]
+    netns.call_in(lab.ext, send, 64)
+    wait_for(lambda: bfd_items(n1)[0]["discarded"] == before + 1, 5, "the TTL 64 packet discarded")
+    assert bfd_items(n1)[0]["state"] == "UP"
