@@ -93,7 +93,10 @@ class BfdDaemon:
         self._notifier.start()
 
     def stop(self) -> None:
-        """Send AdminDown on every session (the peer keeps its BGP session, RFC 5882 3.2), close everything."""
+        """Send AdminDown on every session (the peer keeps its BGP session, RFC 5882 3.2), close everything.
+        Idempotent."""
+        if self._stop.is_set():
+            return
         self.configure({})
         self._wake()
         deadline = time.monotonic() + 2
