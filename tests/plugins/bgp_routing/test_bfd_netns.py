@@ -6,10 +6,13 @@ withdrawn because BFD detected the failure, not because the hold timer expired.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import time
 from typing import Any
 
+import grpc
 import pytest
 
 from kr_core.net import netns
@@ -37,6 +40,19 @@ def bfd_items(node: LabNode) -> list[dict[str, Any]]:
 def bfd_state(node: LabNode) -> str:
     items = bfd_items(node)
     return items[0]["state"] if items else ""
+
+
+def admin_state(node: LabNode, peer: str) -> str:
+    """gobgpd's admin state of ``peer`` ("" while gobgpd does not have it)."""
+    sp = node.plugin().sp
+    assert sp is not None
+    api = sp.g.api
+    try:
+        for r in sp.stub.ListPeer(api.ListPeerRequest(address=peer), timeout=5):
+            return str(api.PeerState.AdminState.Name(r.peer.state.admin_state))
+    except grpc.RpcError:
+        pass
+    return ""
 
 
 def bird_bfd_up(lab: NetLab, ip: str) -> bool:
@@ -85,6 +101,13 @@ def test_bfd_with_bird_detects_silent_loss_and_recovers(netlab_factory) -> None:
     assert metric(n1, f'kr_bgp_bfd_session_up{{peer="{EXT_IP}"}} 0.0')
     print(f"silent loss: BFD down and BIRD's route out of the kernel {gone:.2f} s later "
           f"(detection time 0.3 s, hold time {HOLD} s)")
+    assert admin_state(n1, EXT_IP) == "DOWN"
+
+    # gobgpd dies while BFD holds the peer down: the restarted gobgpd gets the peer disabled again
+    old_pid = n1.plugin().daemon.pid
+    os.kill(old_pid, signal.SIGKILL)
+    wait_for(lambda: n1.plugin().daemon.pid != old_pid and n1.plugin().daemon.alive(), 10, "gobgpd restarted")
+    wait_for(lambda: admin_state(n1, EXT_IP) == "DOWN", 15, "the re-added peer disabled again")
 
     # the path heals: BFD Up, the peer is enabled again, the route is back
     for chain, side in (("INPUT", "-s"), ("OUTPUT", "-d")):
