@@ -8,7 +8,9 @@ What it does, as kube-router's routing controller:
   or per-ASN peering, route reflectors, external peers from flags or node annotations (:mod:`.desired`,
   :mod:`.peers`); export/import policies with hitless versioned replacement (:mod:`.policy`);
 * injects learned routes into the kernel, directly or through an overlay tunnel (:mod:`.injector`);
-* host setup: kube-bridge, CNI config, FORWARD accepts, pod egress masquerade, ipsets (:mod:`.host`).
+* host setup: kube-bridge, CNI config, FORWARD accepts, pod egress masquerade, ipsets (:mod:`.host`);
+* BFD for external peers with kr's own speaker (:mod:`.bfd`, :mod:`.bfdd`; GoBGP v3 has none): a session
+  that goes Down after Up disables the BGP peer in gobgpd at once, Up again enables it.
 
 Beyond kube-router, node annotation changes (ASN, peers, communities, prepend, RR role) apply live.
 Bad input (an unparseable annotation, a reserved ASN, an invalid community) is logged against the node,

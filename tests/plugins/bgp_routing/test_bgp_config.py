@@ -25,6 +25,9 @@ def configure(**flags: object) -> Agent:
     ({"peer-router-ips": ["10.0.0.1"], "peer-router-asns": [23456]}, "bgp_routing.peer-router-ips"),
     ({"peer-router-ips": ["10.0.0.1", "10.0.0.2"], "peer-router-asns": [65000]}, "bgp_routing.peer-router-ips"),
     ({"overlay-encap": "fou", "overlay-encap-port": 80}, "bgp_routing.overlay-encap-port"),
+    ({"enable-bfd": True, "bfd-desired-min-tx-interval": 0}, "bgp_routing.enable-bfd"),
+    ({"enable-bfd": True, "bfd-required-min-rx-interval": -1}, "bgp_routing.enable-bfd"),
+    ({"enable-bfd": True, "bfd-port": 0}, "bgp_routing.enable-bfd"),
 ])
 def test_bad_flags(flags: dict, path: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(ConfigError) as e:
@@ -38,6 +41,21 @@ def test_good_flags_and_section() -> None:
     with pytest.raises(Exception, match="Extra inputs"):
         validate_plugin_config(Plugin.info, {"socket_path": "/x"})
     assert validate_plugin_config(Plugin.info, {"netns": "x"}).netns == "x"
+
+
+def test_enable_bfd_applies_to_the_flag_peers() -> None:
+    from kr_plugins.bgp_routing.peers import BfdConfig
+
+    agent = configure(**{"peer-router-ips": ["10.0.0.1"], "peer-router-asns": [65000], "enable-bfd": True,
+                         "bfd-port": 4784, "bfd-detection-multiplier": 5, "bfd-desired-min-tx-interval": 300,
+                         "bfd-required-min-rx-interval": 200})
+    assert agent.host is not None
+    plugin = agent.host.get("bgp_routing").instance  # type: ignore[attr-defined]
+    assert [p.bfd for p in plugin.flag_peers] == [BfdConfig(True, 4784, 5, 200, 300)]
+    # without --enable-bfd the --bfd-* values are not used
+    plugin = configure(**{"peer-router-ips": ["10.0.0.1"], "peer-router-asns": [65000], "bfd-port": 0}).host.get(
+        "bgp_routing").instance  # type: ignore[union-attr]
+    assert not plugin.flag_peers[0].bfd.enabled
 
 
 def test_cni_default_outside_init_netns() -> None:
