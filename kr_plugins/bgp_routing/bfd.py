@@ -269,7 +269,8 @@ class Session:
         self.remote_disc = 0
         self.remote_state = State.DOWN
         self.remote_min_rx = 1
-        self.polling = False
+        self.polling = False  # nobody answers a Poll now: what we advertise applies
+        self._tx_in_use = self.advertised_tx
         if self.state in (State.INIT, State.UP):
             return self._set_state(State.DOWN, Diag.DETECTION_EXPIRED)
         return None

@@ -191,6 +191,18 @@ class TestSession:
         ch = s.receive(peer_pkt(State.DOWN))
         assert ch is not None and (ch.new, ch.diag) == (State.DOWN, Diag.NEIGHBOR_DOWN)
 
+    def test_slow_again_after_neighbor_down(self) -> None:
+        s, clock = session()
+        up(s)
+        s.receive(peer_pkt(State.UP, final=True))
+        s.receive(peer_pkt(State.DOWN))
+        assert s.tx_interval == 300_000  # the increase to 1 s waits for the peer's Final...
+        pkt = Packet.decode(s.transmit() or b"")
+        assert pkt.poll and pkt.desired_min_tx == SLOW_TX_US
+        clock.t += 2
+        s.expire()  # ...or for the peer to be gone
+        assert s.tx_interval == SLOW_TX_US and not s.polling
+
     def test_peer_admin_down(self) -> None:
         s, _ = session()
         up(s)
