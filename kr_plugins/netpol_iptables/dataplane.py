@@ -1,12 +1,15 @@
-"""The kernel step: apply rendered rulesets with one ipset restore and one iptables-restore --noflush per family.
+"""The kernel step: apply rendered rulesets with one ipset batch and one iptables-restore --noflush per family.
 
 :class:`Dataplane` keeps what it committed (chain -> rule text, set -> content) and applies only the
-difference: sets that are new or whose content changed (temp set + swap, all in one ``ipset restore``),
+difference: sets that are new or whose content changed (temp set + swap, as netlink batches through
+:class:`kr_core.net.ipsetnl.IpsetNl`; ``ipset restore`` for what that path refuses, which also gives the tool's
+error message),
 then the chains whose text changed, plus ``-X`` of chains no longer wanted, in one ``iptables-restore
 --noflush`` per family (kr's chains only; nothing else in the filter table is read or written), then the
 destruction of sets no longer referenced. A failed restore raises and leaves the committed state as it
 was, so the next attempt re-applies the same difference. Membership-only changes go through
-:meth:`Dataplane.update_members`: one ``ipset restore -exist`` of add/del lines, no iptables at all.
+:meth:`Dataplane.update_members`: one netlink batch of add/del messages (no process; ``ipset restore -exist``
+as the fallback), no iptables at all.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from kr_core.net.ipset import IpSet, IpsetRunner, render_members, render_sync, set_name
+from kr_core.net.ipsetnl import IpsetNl, SyncResult
 from kr_core.net.iptables import Family, Iptables, Mode, chain_names, detect_mode, jump_fixes
+from kr_core.net.netns import in_netns
 from kr_core.net.netpol import naming
 from kr_core.net.netpol.backend import IPTABLES_CHAIN_PREFIXES
 
@@ -40,7 +45,8 @@ class ApplyResult:
     chains_deleted: dict[int, list[str]] = field(default_factory=dict)
     iptables_restores: int = 0
     ipset_restores: int = 0
-    ipset_script: str = ""
+    ipset_netlink: int = 0
+    ipsets: list[IpSet] = field(default_factory=list)  # the sets synced (whole content)
     iptables_payloads: dict[int, str] = field(default_factory=dict)
 
     @property
@@ -112,6 +118,9 @@ class Dataplane:
         self.sets: dict[str, IpSet | None] = {}  # kernel name -> content (None: adopted, content unknown)
         self.iptables_restores = 0
         self.ipset_restores = 0
+        self.ipset_netlink = 0  # member updates and set syncs sent as netlink batches
+        self._nl: IpsetNl | None = None
+        self._nl_broken = False
         # the last ``*-save -t filter`` per family (adopt/verify), until a restore changes the table: the
         # next apply places kr's top-level jumps from it in the same restore instead of saving again
         self.saved: dict[int, str | None] = dict.fromkeys(self.families)
@@ -175,10 +184,24 @@ class Dataplane:
         sync = [s for name, s in want_sets.items() if self.sets.get(name) != s]
         stale_sets = [n for n in self.sets if n not in want_sets]
         if sync:
-            res.ipset_script = render_sync(sync)
-            self.ipset.restore(res.ipset_script)
-            self.ipset_restores += 1
-            res.ipset_restores += 1
+            res.ipsets = sync
+            left = sync
+            nl = self._netlink()
+            if nl is not None:
+                try:
+                    got = nl.sync(sync)
+                except OSError as exc:
+                    log.warning("ipset sync over netlink failed (%s): using ipset restore", exc)
+                    got = SyncResult([], [(s, str(exc)) for s in sync])
+                self.ipset_netlink += 1
+                res.ipset_netlink += 1
+                left = [s for s, _why in got.failed]
+                for s, why in got.failed:
+                    log.warning("ipset %s over netlink: %s: retried with ipset restore", s.kernel_name, why)
+            if left:
+                self.ipset.restore(render_sync(left))
+                self.ipset_restores += 1
+                res.ipset_restores += 1
             for s in sync:
                 self.sets[s.kernel_name] = s
             res.sets_synced = [s.kernel_name for s in sync]
@@ -215,19 +238,50 @@ class Dataplane:
         return res
 
     def update_members(self, add: Iterable[tuple[str, int, str]], delete: Iterable[tuple[str, int, str]]) -> int:
-        """Add/remove (set name, family, address) in sets already programmed; one process. Returns lines applied."""
+        """Add/remove (set name, family, address) in sets already programmed: one netlink batch (an ``ipset
+        restore`` if that is refused or unavailable). Returns how many members moved."""
         fam = {4: "inet", 6: "inet6"}
         adds = [(set_name(n, fam[f]), ip) for n, f, ip in add if set_name(n, fam[f]) in self.sets]
         dels = [(set_name(n, fam[f]), ip) for n, f, ip in delete if set_name(n, fam[f]) in self.sets]
-        script = render_members(adds, dels)
-        if script:
-            self.ipset.restore(script)
+        if not adds and not dels:
+            return 0
+        nl = self._netlink()
+        kinds = {n: (s.type, s.family) for n, _ in (*adds, *dels) if (s := self.sets.get(n)) is not None}
+        errs: dict | None = None
+        if nl is not None and len(kinds) == len({n for n, _ in (*adds, *dels)}):
+            try:
+                errs = nl.update_members(kinds, adds, dels)
+            except (OSError, ValueError) as exc:
+                errs = {("update", "", str(exc)): 0}
+            self.ipset_netlink += 1
+            if errs:
+                log.warning("ipset member update over netlink refused %s: retried with ipset restore",
+                            ", ".join(f"{op} {n} {e}" for op, n, e in list(errs)[:5]))
+        if errs is None or errs:
+            self.ipset.restore(render_members(adds, dels))
             self.ipset_restores += 1
         for name, ip in adds:
             self._patch(name, add=ip)
         for name, ip in dels:
             self._patch(name, remove=ip)
         return len(adds) + len(dels)
+
+    def close(self) -> None:
+        """Close the netlink socket (the rules and sets stay)."""
+        if self._nl is not None:
+            self._nl.close()
+            self._nl = None
+
+    def _netlink(self) -> IpsetNl | None:
+        """The netlink ipset socket (in this dataplane's namespace), or None where it cannot be opened."""
+        if self._nl is None and not self._nl_broken:
+            try:
+                with in_netns(self.netns):
+                    self._nl = IpsetNl()
+            except OSError as exc:
+                self._nl_broken = True
+                log.warning("ipset over netlink unavailable (%s): using ipset restore", exc)
+        return self._nl
 
     def _patch(self, name: str, add: str | None = None, remove: str | None = None) -> None:
         s = self.sets.get(name)

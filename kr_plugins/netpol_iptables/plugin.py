@@ -196,7 +196,9 @@ class Plugin:
 
     @hookimpl
     def stop(self) -> None:
-        """The dataplane stays: the next agent adopts it."""
+        """The dataplane stays: the next agent adopts it. Only the netlink socket is closed."""
+        if self.dp is not None:
+            self.dp.close()
 
     # ----------------------------------------------------------------------------------- internals
     def options(self) -> Options:

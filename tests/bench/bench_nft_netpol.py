@@ -192,6 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "local_add_p99_ms": ipt["pod_add_50_policies_local"]["p99_ms"],
                      "default_deny_p99_ms": ipt["default_deny_new_local_pod"]["p99_ms"],
                      "kernel_calls_per_remote_add": ipt["pod_add_50_policies_remote"]["ipset_restores_per_event"]
+                     + ipt["pod_add_50_policies_remote"].get("ipset_netlink_batches_per_event", 0)
                      + ipt["pod_add_50_policies_remote"]["iptables_restores_per_event"]})
     res["rows"] = rows
     fs, ra, la = nft["full_sync"], nft["pod_add_50_policies_remote"], nft["pod_add_50_policies_local"]

@@ -71,6 +71,26 @@ def test_remote_pod_changes_are_set_membership_only(make_cluster):
     assert not wait_matrix(c, expect(c))
 
 
+def test_set_members_move_over_netlink_and_fall_back_to_restore(make_cluster):
+    """Member updates and set syncs go as netlink batches (no process); where that path is unavailable the
+    same changes go through ipset restore."""
+    c = make_cluster()
+    c.apply_policy(ing("from-cli", "x", {"matchLabels": {"pod": "a"}},
+                       [{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"role": "cli"}}}]}]))
+    d = dp(c)
+    assert d.ipset_netlink and d.ipset_restores == 0, "the whole-set sync went over netlink"
+    peer_set = naming.peer_pod_set("x", "from-cli", "ingress", 0, 4)
+    c.add(pod("r1", "y", "10.244.1.7", "node-2", {"role": "cli"}))
+    assert "10.244.1.7" in c.ipset("list", peer_set) and d.ipset_restores == 0
+    d.close()
+    d._nl_broken = True  # as on a kernel whose ipset netlink refuses us
+    c.add(pod("r2", "y", "10.244.1.8", "node-2", {"role": "cli"}))
+    assert "10.244.1.8" in c.ipset("list", peer_set) and d.ipset_restores == 1
+    c.delete(pod("r1", "y", "10.244.1.7", "node-2", {"role": "cli"}))
+    assert "10.244.1.7" not in c.ipset("list", peer_set) and d.ipset_restores == 2
+    assert not wait_matrix(c, expect(c))
+
+
 def test_only_rules_for_this_node_and_others_rules_survive(make_cluster):
     c = make_cluster()
     # someone else's chain and rules in the same table (kube-router #1248: clobbered by a full restore)
