@@ -16,7 +16,7 @@ from tests.conformance.conftest import PLUGINS, need_root
 from tests.conformance.netns_cluster import NetnsCluster
 from tests.conformance.scenarios import NAMESPACES, NS_LABELS, PODS
 from tests.conformance.test_generated_netns import test_generated_case  # noqa: F401 - collected here again
-from tests.conformance.test_upstream_lab import test_generated_case_on_lab, test_upstream_scenario_on_lab  # noqa: F401
+from tests.conformance.test_upstream_lab import PROTOCOLS, test_generated_case_on_lab, test_upstream_scenario_on_lab  # noqa: F401
 from tests.conformance.test_upstream_netns import test_upstream_scenario  # noqa: F401
 
 PLUGIN = "nft_netpol"
@@ -41,7 +41,7 @@ def lab():
     if (why := prerequisites()) is not None:
         pytest.skip(why)
     c = LabCluster(f"nf{os.getpid() % 10000}", PLUGIN, [(n, p, {"pod": p}) for n in NAMESPACES for p in PODS],
-                   NS_LABELS)
+                   NS_LABELS, protocols=PROTOCOLS)
     try:
         yield c
     finally:
