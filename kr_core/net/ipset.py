@@ -41,6 +41,7 @@ import subprocess
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import netns as _netns
 from .netns import in_netns
@@ -230,15 +231,16 @@ def parse_names(list_n_output: str, prefixes: Sequence[str] = ()) -> list[str]:
 class IpsetRunner:
     """Runs ``ipset`` (optionally inside a named netns). Thread-safe: it only starts processes."""
 
-    def __init__(self, *, netns: str | None = None, binary: str = "ipset") -> None:
+    def __init__(self, *, netns: str | None = None, binary: str = "ipset", launcher: Any = None) -> None:
         self.netns = netns
         self.binary = binary
+        self.launcher = launcher  # a kr_core.net.launcher.Launcher: ipset started from its small helper
 
     def __repr__(self) -> str:
         return f"IpsetRunner({f'netns={self.netns}' if self.netns else ''})"
 
     def _run(self, args: Sequence[str], stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = _netns.run(self.netns, [self.binary, *args], input=stdin, check=False)
+        proc = _netns.run(self.netns, [self.binary, *args], input=stdin, check=False, launcher=self.launcher)
         if check and proc.returncode != 0:
             raise IpsetError(f"ipset {' '.join(args)}: exit {proc.returncode}: {proc.stderr.strip()}",
                              stderr=proc.stderr)

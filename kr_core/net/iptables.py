@@ -183,12 +183,12 @@ def choose_mode(legacy: SaveStats, nft: SaveStats, *, nft_works: bool = True) ->
     return Mode.NFT if nft_works else Mode.LEGACY
 
 
-def detect_mode(family: Family | str = Family.V4, *, netns: str | None = None) -> Mode:
+def detect_mode(family: Family | str = Family.V4, *, netns: str | None = None, launcher: Any = None) -> Mode:
     """Detect the backend in use for ``family`` by reading both backends' ``*-save`` output."""
     texts: dict[Mode, str] = {}
     nft_works = True
     for mode in Mode:
-        proc = _netns.run(netns, [binary(mode, family, "save")], check=False, timeout=10)
+        proc = _netns.run(netns, [binary(mode, family, "save")], check=False, timeout=10, launcher=launcher)
         if proc.returncode != 0:
             log.debug("%s: exit %s: %s", binary(mode, family, "save"), proc.returncode, proc.stderr.strip())
             if mode is Mode.NFT:
@@ -222,11 +222,12 @@ class Iptables:
     """
 
     def __init__(self, mode: Mode | str, family: Family | str = Family.V4, *, netns: str | None = None,
-                 wait: int = 10) -> None:
+                 wait: int = 10, launcher: Any = None) -> None:
         self.mode = Mode(mode)
         self.family = Family(family)
         self.netns = netns
         self.wait = wait
+        self.launcher = launcher  # a kr_core.net.launcher.Launcher: tools started from its small helper
 
     def __repr__(self) -> str:
         return f"Iptables({self.mode}, {self.family}{f', netns={self.netns}' if self.netns else ''})"
@@ -234,7 +235,8 @@ class Iptables:
     def _run(self, tool: str, args: Sequence[str], stdin: str | None = None) -> str:
         argv = [binary(self.mode, self.family, tool), *args]
         try:
-            proc = _netns.run(self.netns, argv, input=stdin, check=False, timeout=max(60, self.wait * 2))
+            proc = _netns.run(self.netns, argv, input=stdin, check=False, timeout=max(60, self.wait * 2),
+                              launcher=self.launcher)
         except subprocess.TimeoutExpired as exc:
             raise IptablesError(f"{argv[0]}: timed out") from exc
         if proc.returncode != 0:
@@ -286,7 +288,7 @@ class Iptables:
         """``-C``: is this exact rule in the chain?"""
         args = shlex.split(rule) if isinstance(rule, str) else list(rule)
         argv = [binary(self.mode, self.family), "-w", str(self.wait), "-t", table, "-C", chain, *args]
-        return _netns.run(self.netns, argv, check=False).returncode == 0
+        return _netns.run(self.netns, argv, check=False, launcher=self.launcher).returncode == 0
 
     def delete(self, table: str, chain: str, rule: Rule) -> bool:
         """Delete one rule (every copy of it); False when it was not there."""

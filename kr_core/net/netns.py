@@ -97,12 +97,15 @@ def loopback_up(name: str) -> None:
 
 
 def run(name: str | None, argv: Sequence[str], *, input: str | bytes | None = None, check: bool = True,
-        timeout: float | None = 60, text: bool = True) -> subprocess.CompletedProcess[Any]:
+        timeout: float | None = 60, text: bool = True, launcher: Any = None) -> subprocess.CompletedProcess[Any]:
     """Run ``argv`` inside namespace ``name`` (``ip netns exec``), or in the current one when ``name`` is None.
 
     Output is captured. With ``check`` a non-zero exit raises :class:`subprocess.CalledProcessError`, whose
-    ``stderr`` holds the tool's message.
+    ``stderr`` holds the tool's message. ``launcher`` (a :class:`kr_core.net.launcher.Launcher`, used only
+    when ``name`` is None) starts the command from its small helper process instead of from this one.
     """
+    if launcher is not None and name is None:
+        return launcher.run(argv, input=input, check=check, timeout=timeout, text=text)  # type: ignore[no-any-return]
     cmd = list(argv) if name is None else ["ip", "netns", "exec", name, *argv]
     return subprocess.run(cmd, input=input, capture_output=True, check=check, timeout=timeout, text=text)
 

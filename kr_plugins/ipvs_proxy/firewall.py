@@ -20,14 +20,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from kr_core.net.ipset import IpSet, IpsetError, IpsetRunner
 from kr_core.net.ipsetnl import IpsetNl
 from kr_core.net.iptables import Family, Iptables, IptablesError, Mode, clean_comment, detect_mode, render_rule
+from kr_core.net.launcher import Launcher
 
 from . import rules as R
 
 log = logging.getLogger("kr.ipvs_proxy.firewall")
 
 
-def run_tool(argv: list[str]) -> str:
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+def run_tool(argv: list[str], launcher: Launcher | None = None) -> str:
+    p = launcher.run(argv, timeout=120) if launcher else subprocess.run(argv, capture_output=True, text=True,
+                                                                         timeout=120, check=False)
     if p.returncode != 0:
         raise IpsetError(f"{' '.join(argv)}: exit {p.returncode}: {p.stderr.strip()}", stderr=p.stderr)
     return p.stdout
@@ -40,17 +42,25 @@ FAMILY = {4: Family.V4, 6: Family.V6}
 
 class Firewall:
     def __init__(self, families: Sequence[int], mode: str = "auto") -> None:
+        """Made in the network namespace it is for: its command launcher (:class:`kr_core.net.launcher.Launcher`,
+        so the iptables/ipset tools start from a small helper, not from the large agent) lives there."""
         self.families = tuple(families)
+        self.launcher = Launcher()
+        self.launcher.start()
         self.ipt: dict[int, Iptables] = {}
         for f in self.families:
-            m = Mode(mode) if mode != "auto" else detect_mode(FAMILY[f])
-            self.ipt[f] = Iptables(m, FAMILY[f])
-        self.ipset = IpsetRunner()
+            m = Mode(mode) if mode != "auto" else detect_mode(FAMILY[f], launcher=self.launcher)
+            self.ipt[f] = Iptables(m, FAMILY[f], launcher=self.launcher)
+        self.ipset = IpsetRunner(launcher=self.launcher)
         self.chains: dict[ChainKey, list[list[str]]] = {}
         self.sets: dict[str, set[str]] = {}
         self.set_types: dict[str, tuple[str, str]] = {}  # kernel name -> (type, family), from the last sync
         self.absent: set[ChainKey] = set()
         self.writes = 0
+
+    def close(self) -> None:
+        """Stop the command launcher's helper process."""
+        self.launcher.close()
 
     @property
     def modes(self) -> dict[int, str]:
@@ -63,7 +73,7 @@ class Firewall:
     def read_sets(self) -> None:
         """Adopt the members of our sets as the kernel has them: one ``ipset save`` (at start)."""
         ours = self._ours()
-        out = run_tool(["ipset", "save"])
+        out = run_tool(["ipset", "save"], self.launcher)
         self.sets = {}
         for line in out.splitlines():
             parts = line.split()
@@ -79,7 +89,7 @@ class Firewall:
         ours = self._ours()
         counts: dict[str, int] = {}
         name = ""
-        for line in run_tool(["ipset", "list", "-t"]).splitlines():
+        for line in run_tool(["ipset", "list", "-t"], self.launcher).splitlines():
             if line.startswith("Name: "):
                 name = line[6:].strip()
             elif line.startswith("Number of entries: ") and name in ours:

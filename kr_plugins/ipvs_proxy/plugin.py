@@ -230,6 +230,8 @@ class Plugin:
             self.ipvs.close()
         if self.host:
             self.host.close()
+        if self.fw:
+            self.fw.close()
 
     @hookimpl
     def cleanup(self) -> None:
@@ -252,7 +254,11 @@ class Plugin:
         host.close()
         for mode in ("legacy", "nft"):
             try:
-                Firewall(self.opts.families, mode).cleanup()
+                fw = Firewall(self.opts.families, mode)
+                try:
+                    fw.cleanup()
+                finally:
+                    fw.close()
             except Exception as exc:  # one backend may be missing entirely
                 log.debug("cleanup (%s): %s", mode, exc)
         with contextlib.suppress(FileNotFoundError):
