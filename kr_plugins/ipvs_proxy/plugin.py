@@ -85,10 +85,11 @@ class Config(BaseModel):
 
 
 def _modprobe(*mods: str) -> None:
-    """Load kernel modules that are not loaded yet (an exec each, so only when missing)."""
-    for m in mods:
-        if not os.path.isdir(f"/sys/module/{m}"):
-            subprocess.run(["modprobe", m], capture_output=True, check=False, timeout=30)
+    """Load kernel modules that are not loaded yet: one ``modprobe -a`` for all the missing ones (a process
+    launch from the agent is the expensive part), none when all are there."""
+    missing = [m for m in mods if not os.path.isdir(f"/sys/module/{m}")]
+    if missing:
+        subprocess.run(["modprobe", "-a", *missing], capture_output=True, check=False, timeout=30)
 
 
 class Plugin:
@@ -107,6 +108,7 @@ class Plugin:
         self.opts = Options()
         self.excluded: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         self.node = NodeInfo(name="")
+        self.local: list[tuple[str, str]] | None = None  # local addresses read by this full sync's _node_info
         self.models: dict[str, ServiceModel] = {}
         self.owner: dict[VKey, str] = {}  # which Service's virtual server is authoritative for a key
         self.wanted_by: dict[VKey, set[str]] = {}
@@ -272,10 +274,12 @@ class Plugin:
 
     # ================================================================================ node
     def _node_info(self) -> NodeInfo:
+        """This node's IPs and pod CIDRs; also keeps the local addresses read for it (``self.local``), which
+        the same full sync's firewall sets reuse (a second read would parse every VIP added meanwhile)."""
         assert self.ctx is not None and self.host is not None
         name = self.ctx.node_name
         node = self.ctx.caches.nodes.get(name)
-        local = self.host.local_addresses()
+        local = self.local = self.host.local_addresses()
         ips: dict[int, str] = {}
         pod_cidrs: tuple[str, ...] = ()
         zone = ""
@@ -298,7 +302,7 @@ class Plugin:
     def _local_ips(self) -> dict[int, set[str]]:
         assert self.host is not None
         out: dict[int, set[str]] = {4: set(), 6: set()}
-        for iface, a in self.host.local_addresses():
+        for iface, a in self.local if self.local is not None else self.host.local_addresses():
             f = ip_family(a)
             if f and iface != DUMMY:
                 out[f].add(a)
@@ -511,8 +515,11 @@ class Plugin:
         for f, e in m.svip_prt():
             refs.setdefault(R.kernel_set(R.SET_SVIP_PRT, f), Counter())[e] += sign
 
-    def _chains(self) -> tuple[dict[tuple[int, str, str], list[list[str]]], list[tuple[int, str, str]]]:
-        desired = Desired.build(self.models.values())
+    def _chains(self, desired: Desired | None = None,
+                ) -> tuple[dict[tuple[int, str, str], list[list[str]]], list[tuple[int, str, str]]]:
+        """The chains wanted per family (``desired``: this full sync's, else rebuilt from the models)."""
+        if desired is None:
+            desired = Desired.build(self.models.values())
         want: dict[tuple[int, str, str], list[list[str]]] = {}
         remove: list[tuple[int, str, str]] = []
         for f in self.opts.families:
@@ -532,6 +539,7 @@ class Plugin:
             self.fw.check_sets()
         self.set_refs = self._set_entries(list(self.models.values()))
         local = self._local_ips()
+        self.local = None
         sets = []
         for f in self.opts.families:
             sets += R.ipsets(f, (a for a, n in self.set_refs.get(R.kernel_set(R.SET_SVIP, f), {}).items() if n > 0),
@@ -540,14 +548,14 @@ class Plugin:
         t = time.perf_counter()
         self.fw.sync_sets(sets)
         t = _lap(self.timings, "firewall_ipsets", t)
-        self._apply_chains()
+        self._apply_chains(desired)
         _lap(self.timings, "firewall_chains_and_jumps", t)
 
-    def _apply_chains(self) -> None:
+    def _apply_chains(self, desired: Desired | None = None) -> None:
         """Chains (created or rewritten), the jumps into them, deletion of chains no longer wanted (their
         jumps are gone by then): one save and at most one restore per family."""
         assert self.fw is not None
-        want, remove = self._chains()
+        want, remove = self._chains(desired)
         jumps = {}
         for f in self.opts.families:
             jumps.update(self.fw.jumps(f, hairpin=(f, "nat", R.CHAIN_HAIRPIN) in want))

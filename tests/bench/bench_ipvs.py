@@ -5,8 +5,9 @@ dest trash of one phase cannot slow the next), and reported as ratios to the flo
 ``../shared/tools/ipvs_floor.py`` on the same objects (N Services x 10 endpoints = 11 N IPVS objects):
 
 * cold sync: the plugin's ``sync("initial")`` from filled caches to the kernel (models, IPVS, VIPs on
-  kube-dummy-if + local routes, ipsets, chains) vs ``ipvs_floor.py load N noack 1000``; the IPVS phase on
-  its own too. Goal: <= 4x the floor. ``ipvsadm-restore`` of the same objects alongside.
+  kube-dummy-if + local routes, ipsets, chains) vs ``ipvs_floor.py load N noack 1000``; each phase on its
+  own too (the table). Goal: <= 4x the floor. ``ipvsadm-restore`` of the same objects alongside. Kernel
+  modules are loaded beforehand (the floor's and the proxy's), so neither side pays first-use autoloading.
 * one endpoint change with N Services present: event-to-kernel p50/p99 (the hook call, which applies
   synchronously) and the netlink messages each change sent (a replaced endpoint = 1 del + 1 add).
   Goal: p99 <= 5 ms, exactly the messages needed.
@@ -36,6 +37,8 @@ from typing import Any
 FLOOR = "/work/shared/tools/ipvs_floor.py"
 DEFAULT_N = 10_000
 EPS = 10
+NETFILTER_MODULES = ("ip_tables", "iptable_filter", "iptable_nat", "xt_set", "xt_ipvs", "xt_comment", "xt_nat",
+                     "ipt_REJECT", "ip_set_hash_ip", "ip_set_hash_ipport")
 
 
 def _in_vm() -> bool:
@@ -124,8 +127,10 @@ def measure(n: int) -> dict[str, Any]:
     from kr_core.net import netns
     from tests.plugins.ipvs_proxy.vmkit import Proxy
 
-    for m in ("ip_vs", "ip_vs_rr"):
-        subprocess.run(["modprobe", m], check=True)
+    # Kernel modules are loaded before anything is measured, the floor's (ip_vs) and those the proxy's
+    # iptables rules and sets use: autoloading them on first use cost ~0.6 s once per boot in the VM, which
+    # is neither the floor's work nor the sync's.
+    subprocess.run(["modprobe", "-a", "ip_vs", "ip_vs_rr", *NETFILTER_MODULES], check=True)
     r: dict[str, Any] = {"n_services": n, "ipvs_objects": n * (EPS + 1)}
 
     # -------------------------------------------------------------- floor (load + dump), own namespace
@@ -222,14 +227,21 @@ def measure(n: int) -> dict[str, Any]:
     r["ratio_cold_sync_ipvs_phase_vs_floor"] = round(ipvs_s / r["floor_load_s"], 2)
     r["ratio_ipvsadm_restore_vs_floor"] = round(r["ipvsadm_restore_s"] / r["floor_load_s"], 1)
     r["ratio_adopt_vs_floor_dump"] = round(r["adopt_ipvs_dump_s"] / r["floor_dump_s"], 2)
-    r["goals"] = {
-        "cold_sync <= 4x floor": r["ratio_cold_sync_vs_floor"] <= 4,
-        "endpoint change p99 <= 5 ms": r["endpoint_change_p99_ms"] <= 5,
-        "endpoint change sends exactly 2 messages": r["endpoint_change_messages"] == [2],
-        "periodic sync, nothing changed: 0 messages": r["periodic_sync_messages"] == 0,
-        "restart: initial sync sends 0 messages": r["adopt_initial_sync_messages"] == 0,
-        "RSS <= 300 MB": r["rss_mb_peak"] <= 300,
+    floor_s = r["floor_load_s"]
+    r["rows"] = [{"cold sync phase": k, "seconds": v, "x floor": round(v / floor_s, 2)}
+                 for k, v in r["cold_sync_phases_s"].items()]
+    r["rows"] += [{"cold sync phase": "TOTAL", "seconds": r["cold_sync_s"], "x floor": r["ratio_cold_sync_vs_floor"]},
+                  {"cold sync phase": "(ipvsadm-restore)", "seconds": r["ipvsadm_restore_s"],
+                   "x floor": r["ratio_ipvsadm_restore_vs_floor"]}]
+    goals = {
+        "cold_sync <= 4x floor": (r["ratio_cold_sync_vs_floor"], r["ratio_cold_sync_vs_floor"] <= 4),
+        "endpoint change p99 <= 5 ms": (r["endpoint_change_p99_ms"], r["endpoint_change_p99_ms"] <= 5),
+        "endpoint change sends exactly 2 messages": (r["endpoint_change_messages"], r["endpoint_change_messages"] == [2]),
+        "periodic sync, nothing changed: 0 messages": (r["periodic_sync_messages"], r["periodic_sync_messages"] == 0),
+        "restart: initial sync sends 0 messages": (r["adopt_initial_sync_messages"], r["adopt_initial_sync_messages"] == 0),
+        "RSS <= 300 MB": (r["rss_mb_peak"], r["rss_mb_peak"] <= 300),
     }
+    r["goals"] = {g: {"measured": m, "met": ok} for g, (m, ok) in goals.items()}
     return r
 
 
