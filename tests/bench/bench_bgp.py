@@ -3,7 +3,9 @@
 1. BIRD in ``ext`` announces 1,000 and 5,000 prefixes to a node: time from ``birdc enable`` until all are in
    the node's kernel (and from ``birdc disable`` until all are gone), against ``ip -batch`` of the same routes
    in the same namespace in the same run. Goal (issue 8): <= 2x. ``in gobgpd RIB s`` is when gobgpd itself
-   held them all (``gobgp global rib summary``, polled): the floor the plugin cannot go below. The moment
+   held them all (its table counts, polled over gRPC): the floor the plugin cannot go below; ``gobgpd dump
+   s`` is what reading that table once from gobgpd costs (the injector re-reads it after a burst); their sum
+   over ``ip -batch`` (``RIB+dump ratio``) is where the plugin stands before it writes a route. The moment
    the last route lands comes from a route-notification listener in its own process
    (:mod:`tests.bench.route_watch`), not from polling ``ip route``: polls are processes competing for the
    two CPUs with what is measured and add up to one poll interval; the kernel is checked after each round.
@@ -17,7 +19,6 @@ Run: ``python -m tests.bench bgp`` (root; gobgpd, bird2, iproute2). ``--n`` sets
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import subprocess
 import threading
@@ -25,6 +26,8 @@ import time
 from typing import Any
 
 from kr_core.net import netns
+from kr_plugins.bgp_routing.speaker import Speaker
+from kr_plugins.bgp_routing.stubs import load
 from tests.bench.route_watch import RouteWatch
 from tests.plugins.bgp_routing.conftest import need_bgp_tools
 from tests.plugins.bgp_routing.netlab import EXT_IP, LabNode, NetLab, wait_for
@@ -57,16 +60,25 @@ def _prefixes(n: int) -> list[str]:
     return [f"{100 + i // 65536}.{(i // 256) % 256}.{i % 256}.0/24" for i in range(n)]
 
 
-def _poll_rib(target: str, n: int, out: dict[str, float]) -> None:
-    """Record when gobgpd's global RIB holds the ``n`` announced prefixes (+ the node's own pod CIDR)."""
-    deadline = time.perf_counter() + 60
-    while time.perf_counter() < deadline:
-        r = subprocess.run(["gobgp", "--target", target, "global", "rib", "summary"], capture_output=True, text=True)
-        m = re.search(r"Destination: (\d+)", r.stdout)
-        if m and int(m.group(1)) >= n + 1:
-            out["t"] = time.perf_counter()
+def _poll_rib(sp: Speaker, n: int, out: dict[str, float]) -> None:
+    """Record when gobgpd's global RIB holds the ``n`` announced prefixes (+ the node's own pod CIDR):
+    its table counts over gRPC (a cheap unary call) every 2 ms."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if sp.table_counts()[0] >= n + 1:
+            out["t"] = time.monotonic()
             return
-        time.sleep(0.01)
+        time.sleep(0.002)
+
+
+def _dump_s(sp: Speaker, n: int) -> float:
+    """How long one table dump (the best-path stream's first message, decoded) of ``n`` paths takes."""
+    t0 = time.monotonic()
+    stream = sp.watch_best()
+    _, paths = next(stream)
+    stream.close()
+    assert len(paths) >= n, len(paths)
+    return time.monotonic() - t0
 
 
 def _ip_batch(node: LabNode, prefixes: list[str], op: str) -> float:
@@ -104,15 +116,20 @@ def bird_bulk(n: int) -> dict[str, Any]:
                 assert not _routed(node, [prefixes[-1]]) and _count(node) == 0, "route watcher and kernel disagree"
         finally:
             watch.close()
-        # when gobgpd itself holds them all (separate round: polling the gobgp CLI costs CPU)
-        rib: dict[str, float] = {}
-        poller = threading.Thread(target=_poll_rib, args=(node.plugin().daemon.target, n, rib), daemon=True)
-        t0 = time.perf_counter()
-        poller.start()
-        lab.birdc("enable", "announced")
-        poller.join(60)
-        rib_s = rib.get("t", t0) - t0
-        wait_for(lambda: _count(node) == n, 120, f"{n} routes in the kernel", interval=0.01)
+        # when gobgpd itself holds them all, and what one dump of them costs (separate round: polling costs)
+        sp = Speaker(load(), node.plugin().daemon.target)
+        try:
+            rib: dict[str, float] = {}
+            poller = threading.Thread(target=_poll_rib, args=(sp, n, rib), daemon=True)
+            t0 = time.monotonic()
+            poller.start()
+            lab.birdc("enable", "announced")
+            poller.join(60)
+            rib_s = rib.get("t", t0) - t0
+            wait_for(lambda: _count(node) == n, 120, f"{n} routes in the kernel", interval=0.01)
+            dump_s = statistics.median(_dump_s(sp, n) for _ in range(REPEAT))
+        finally:
+            sp.close()
         lab.birdc("disable", "announced")
         wait_for(lambda: _count(node) == 0, 120, "routes withdrawn", interval=0.01)
         lab.stop_agent(node)
@@ -123,8 +140,10 @@ def bird_bulk(n: int) -> dict[str, Any]:
         batch_add, batch_del = statistics.median(b_adds), statistics.median(b_dels)
         add_s, del_s = statistics.median(adds), statistics.median(dels)
         return {"prefixes": n, "bgp add s": round(add_s, 3), "in gobgpd RIB s": round(rib_s, 3),
+                "gobgpd dump s": round(dump_s, 3),
                 "ip -batch add s": round(batch_add, 3),
-                "add ratio": round(add_s / batch_add, 1), "bgp withdraw s": round(del_s, 3),
+                "add ratio": round(add_s / batch_add, 1), "RIB+dump ratio": round((rib_s + dump_s) / batch_add, 1),
+                "bgp withdraw s": round(del_s, 3),
                 "ip -batch del s": round(batch_del, 3), "withdraw ratio": round(del_s / batch_del, 1)}
     finally:
         lab.close()
