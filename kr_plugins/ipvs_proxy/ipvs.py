@@ -233,9 +233,16 @@ class Ipvs:
         return res
 
     def _send(self, ops: Sequence[Op], res: ApplyResult) -> dict[int, int]:
+        """Render and send :data:`BATCH` operations at a time: the messages of one batch are garbage before
+        the next is rendered, so a cold sync's 110k messages reuse the same memory instead of holding
+        ~15 MB of fresh pages at once (a page fault costs ~0.1 ms in User-Mode Linux)."""
         before_m, before_b = self.nl.sent_messages, self.nl.sent_batches
         base = self.nl.next_seq(len(ops))
-        errs = self._send_messages(self.render(ops, base), base)
+        errs: dict[int, int] = {}
+        for i in range(0, len(ops), BATCH):
+            chunk = ops[i:i + BATCH]
+            for j, e in self._send_messages(self.render(chunk, base + i), base + i).items():
+                errs[i + j] = e
         res.sent += self.nl.sent_messages - before_m
         res.batches += self.nl.sent_batches - before_b
         return errs

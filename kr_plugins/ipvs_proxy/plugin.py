@@ -362,6 +362,7 @@ class Plugin:
             m = self._build(key)
             if m.vservers or m.vips or not m.skipped:
                 self.models[key] = m
+        t = _lap(tm, "model", t)
         desired = Desired.build(self.models.values())
         for c in desired.conflicts:
             log.warning("conflict: %s", c)
@@ -377,7 +378,7 @@ class Plugin:
                 self.committed[k] = self.foreign.pop(k)
         p = plan(self.committed, desired.vservers, graceful=bool(self._settings("ipvs-graceful-termination")),
                  excluded_cidrs=self.excluded)
-        t = _lap(tm, "model", t)
+        t = _lap(tm, "diff", t)
         self._apply(p.ops, desired.vservers, bulk=True)
         self._drain(p.drain)
         t = _lap(tm, "ipvs", t)
@@ -463,15 +464,25 @@ class Plugin:
     def _flush_udp_conntrack(self, removed: list[Op]) -> None:
         """UDP has no connection end: flows to a removed destination would keep going to it until they
         time out. Delete their conntrack entries (kube-router runs ``conntrack -D`` too; here only the flows
-        whose reply comes from the removed endpoint, not every flow of the Service)."""
+        whose reply comes from the removed endpoint, not every flow of the Service).
+
+        What moves such a client to another backend is the kernel, not this: with ``expire_nodest_conn=1``
+        (set at start) kernels since 5.9 expire the IPVS connections to a removed destination at once and drop
+        their conntrack entries; with 0 the client stays blackholed whether or not its entry is deleted here
+        (both shown in the VM, ``test_vm_dualstack.py``). The commands go through the firewall's launcher: an
+        exec from the agent itself costs ~0.6 s each in UML, on the endpoint-change path."""
         if not removed or not shutil.which("conntrack"):
             return
+        launcher = self.fw.launcher if self.fw is not None else None
         for _kind, k, (addr, port) in removed[:100]:
             argv = ["conntrack", "-D", "-p", "udp", "--orig-dst", k.addr, "--dport", str(k.port),
                     "--reply-src", addr, "--reply-port-src", str(port)]
             if k.family == 6:
                 argv[1:1] = ["-f", "ipv6"]
-            subprocess.run(argv, capture_output=True, check=False, timeout=10)  # exit 1: nothing matched
+            if launcher is not None:  # exit 1: nothing matched
+                launcher.run(argv, timeout=10)
+            else:
+                subprocess.run(argv, capture_output=True, check=False, timeout=10)
 
     def _after_apply(self, owners_changed: bool = True) -> None:
         self._write_owned(force=owners_changed)
