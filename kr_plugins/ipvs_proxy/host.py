@@ -1,16 +1,18 @@
 """This node's side of the proxy: ``kube-dummy-if`` and its VIPs, local-table routes, local addresses,
 the sysctls kube-router sets.
 
-VIP addresses are added and removed in batches over one raw rtnetlink socket (one ``sendmsg`` per up to
-1,000 addresses, one ack per batch), because a cold sync at 10k Services adds 10k+ addresses and a
-pyroute2 call per address costs ~1 ms on a host (more in UML). Routes go through
-:func:`kr_core.net.links.apply_routes` (batched the same way). Links and address reads use pyroute2, made
+VIP addresses and their local-table routes are written in batches over one raw rtnetlink socket
+(:class:`kr_core.net.netlink.NetlinkSocket`: one ``sendmsg`` per up to 1,000 messages, one ack per batch),
+because a cold sync at 10k Services adds 10k+ addresses and as many routes and a pyroute2 call per
+address costs ~1 ms on a host (more in UML). Routes are encoded by :func:`kr_core.net.links.encode_route`. Links and address reads use pyroute2, made
 lazily in the thread that uses it (a pyroute2 ``IPRoute`` belongs to the thread that created it).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import socket
 import struct
 import threading
@@ -107,8 +109,7 @@ class Host:
         """(link index, family, address) of every address: one raw RTM_GETADDR dump with a lean parser.
 
         pyroute2 parses ~1-2 ms per address in UML; with 10k VIPs on kube-dummy-if that was 20 s."""
-        if self._nl is None:
-            self._nl = NetlinkSocket(socket.NETLINK_ROUTE)
+        nl = self._socket()
         ntop, unpack, hh = socket.inet_ntop, struct.unpack_from, _HH.unpack_from
 
         def parse(p: memoryview) -> tuple[int, int, str] | None:
@@ -129,7 +130,7 @@ class Host:
                 return None
             return index, 4 if af == socket.AF_INET else 6, ntop(af, raw)
 
-        return self._nl.dump(RTM_GETADDR, struct.pack("=BBBBI", 0, 0, 0, 0, 0), parse)
+        return nl.dump(RTM_GETADDR, struct.pack("=BBBBI", 0, 0, 0, 0, 0), parse)
 
     def dummy_addresses(self) -> set[tuple[int, str]]:
         """(family, address) of every address on ``kube-dummy-if``."""
@@ -158,14 +159,12 @@ class Host:
         ops = [("del", x) for x in delete] + [("add", x) for x in add]
         if not ops:
             return []
-        if self._nl is None:
-            self._nl = NetlinkSocket(socket.NETLINK_ROUTE)
 
         def build(i: int, seq: int, ack: bool) -> bytes:
             op, (fam, addr) = ops[i]
             return encode_addr(op, fam, addr, index, seq, ack)
 
-        errs = self._nl.send_all(build, len(ops))
+        errs = self._socket().send_all(build, len(ops))
         out = []
         for i, e in sorted(errs.items()):
             op, x = ops[i]
@@ -186,8 +185,34 @@ class Host:
                              proto=RTPROT_KERNEL, prefsrc=src, type="local", scope=RT_SCOPE_HOST))
         return out
 
+    def _socket(self) -> NetlinkSocket:
+        if self._nl is None:
+            self._nl = NetlinkSocket(socket.NETLINK_ROUTE)
+        return self._nl
+
     def apply_routes(self, replace: list[Route], delete: list[Route]) -> links.BatchResult:
-        return links.apply_routes(replace=replace, delete=delete)
+        """Delete, then replace routes over the same socket as the addresses (1,000 messages per
+        ``sendmsg``, one ack per batch); deleting a route that is not there is not an error."""
+        ops = [("delete", r) for r in delete] + [("replace", r) for r in replace]
+        res = links.BatchResult()
+        if not ops:
+            return res
+        errs = self._socket().send_all(lambda i, seq, ack: links.encode_route(ops[i][1], ops[i][0], seq, ack=ack),
+                                       len(ops))
+        for i, (op, route) in enumerate(ops):
+            e = errs.get(i)
+            if e is None:
+                if op == "replace":
+                    res.replaced += 1
+                else:
+                    res.deleted += 1
+            elif op == "delete" and e == errno.ESRCH:
+                res.missing += 1
+            else:
+                res.errors.append((op, route, e))
+        for op, route, e in res.errors[:10]:
+            log.warning("route %s %s: %s", op, route.dst, os.strerror(e))
+        return res
 
     # ---------------------------------------------------------------------------------- sysctls
     def set_sysctls(self, interfaces: Iterable[str] = ()) -> None:
