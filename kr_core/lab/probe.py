@@ -169,8 +169,10 @@ def _attempt(ns: str, ip: str, port: int, proto: str, timeout: float) -> str:
 
 
 def probe_one(src_ns: str, src: str, target: Target, port: int, proto: str = "TCP", timeout: float = 2.0,
-              attempt_timeout: float = 0.5) -> ProbeResult:
-    """Probe until the expected answer arrives or ``timeout`` seconds are over."""
+              attempt_timeout: float = 0.5, retry: bool = True) -> ProbeResult:
+    """Probe until the expected answer arrives or ``timeout`` seconds are over. ``retry=False``: one attempt
+    (of at most ``timeout`` seconds), for callers that probe again themselves; a refused or unreachable
+    attempt then costs no more than its round trip."""
     proto = proto.upper()
     res = ProbeResult(src, target.label, target.ip, port, proto, expected=target.expected)
     t0 = time.monotonic()
@@ -192,7 +194,7 @@ def probe_one(src_ns: str, src: str, target: Target, port: int, proto: str = "TC
             if proto == "SCTP" and e.errno in (93, 94):  # EPROTONOSUPPORT, ESOCKTNOSUPPORT
                 res.error = "SCTP is not supported by this kernel"
                 break
-        if time.monotonic() + 0.05 >= deadline:
+        if not retry or time.monotonic() + 0.05 >= deadline:
             break
         time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
     res.ms = round((time.monotonic() - t0) * 1000, 1)

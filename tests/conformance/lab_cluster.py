@@ -55,17 +55,20 @@ class LabCluster:
     destination twice, at ``ns/pod`` (the pod IP) and ``svc/ns/pod`` (the Service's ClusterIP), expecting the
     same verdict. ``protocols``: the pods' (and Services') server protocols; ``probe_timeout``: seconds per
     probe (a slow machine such as the UML VM needs more than the default); ``workers``: probes in flight (a
-    blocked probe waits its whole timeout, so a round of probes lasts about ``timeout * blocked / workers``)."""
+    blocked probe waits its whole timeout, so a round of probes lasts about ``timeout * blocked / workers``);
+    ``probe_retry=False``: one attempt per probe (the runner probes again until the matrix matches, and a
+    refused attempt retried until the timeout only burns the CPU a slow machine needs for the agents)."""
 
     def __init__(self, name: str, plugin: str, pods: Iterable[tuple[str, str, dict[str, str]]],
                  namespaces: dict[str, dict[str, str]], nodes: int = 2, *, services: bool = False,
                  protocols: Iterable[str] = ("TCP", "UDP"), probe_timeout: float = 0.3, workers: int = 48,
-                 up_timeout: float = 180) -> None:
+                 probe_retry: bool = True, up_timeout: float = 180) -> None:
         self.name = name
         self.probe_services = services
         self.protocols = tuple(protocols)
         self.probe_timeout = probe_timeout
         self.workers = workers
+        self.probe_retry = probe_retry
         self._targets: dict[str, Target] = {}
         kr_lab("down", "--name", name, check=False)
         kr_lab("up", "--name", name, "--nodes", str(nodes), "--static-routes", "--plugins", plugin,
@@ -147,7 +150,7 @@ class LabCluster:
         t = self.probe_timeout
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(jobs)))) as ex:
             res = ex.map(lambda j: probe_one(self._netns[j[0]], j[0], targets[j[1]], j[2], j[3], timeout=t,
-                                             attempt_timeout=t).connected, jobs)
+                                             attempt_timeout=t, retry=self.probe_retry).connected, jobs)
             return dict(zip(jobs, res, strict=True))
 
     def target(self, dst: str) -> Target:
