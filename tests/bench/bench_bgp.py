@@ -2,7 +2,8 @@
 
 1. BIRD in ``ext`` announces 1,000 and 5,000 prefixes to a node: time from ``birdc enable`` until all are in
    the node's kernel (and from ``birdc disable`` until all are gone), against ``ip -batch`` of the same routes
-   in the same namespace in the same run. Goal (issue 8): <= 2x. ``in gobgpd RIB s`` is when gobgpd itself
+   in a twin namespace (same link setup), each ``ip -batch`` right after a BGP round so both see the same
+   load on this shared host. Goal (issue 8): <= 2x. ``in gobgpd RIB s`` is when gobgpd itself
    held them all (its table counts, polled over gRPC): the floor the plugin cannot go below; ``gobgpd dump
    s`` is what reading that table once from gobgpd costs (the injector re-reads it after a burst); their sum
    over ``ip -batch`` (``RIB+dump ratio``) is where the plugin stands before it writes a route. The moment
@@ -81,13 +82,24 @@ def _dump_s(sp: Speaker, n: int) -> float:
     return time.monotonic() - t0
 
 
-def _ip_batch(node: LabNode, prefixes: list[str], op: str) -> float:
+def _twin(lab: NetLab, node: LabNode) -> str:
+    """A namespace with the node's link setup (its address on a veth, BIRD's address on-link) for the
+    ``ip -batch`` rounds, which run between the BGP rounds so both see the same load on this shared host."""
+    ns = lab._ns(f"{node.ns}-twin")
+    netns.run(ns, ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"])
+    netns.run(ns, ["ip", "addr", "add", f"{node.ip}/24", "dev", "eth0"])
+    for dev in ("eth0", "eth1"):
+        netns.run(ns, ["ip", "link", "set", dev, "up"])
+    return ns
+
+
+def _ip_batch(ns: str, prefixes: list[str], op: str) -> float:
     if op == "replace":
         text = "".join(f"route replace {p} via {EXT_IP} proto 17\n" for p in prefixes)
     else:
         text = "".join(f"route del {p} proto 17\n" for p in prefixes)
     t0 = time.perf_counter()
-    netns.run(node.ns, ["ip", "-batch", "-"], input=text)
+    netns.run(ns, ["ip", "-batch", "-"], input=text)
     return time.perf_counter() - t0
 
 
@@ -100,7 +112,8 @@ def bird_bulk(n: int) -> dict[str, Any]:
         node.annotations = {"kube-router.io/peers": f"- remoteip: {EXT_IP}\n  remoteasn: 64600\n"}
         lab.start_agent(node)
         lab.wait_established(node, [EXT_IP], timeout=30)
-        adds, dels = [], []
+        twin = _twin(lab, node)
+        adds, dels, b_adds, b_dels = [], [], [], []
         watch = RouteWatch(node.ns)
         try:
             for _ in range(REPEAT):  # median of a few rounds: this 2-core machine is shared and noisy
@@ -109,11 +122,13 @@ def bird_bulk(n: int) -> dict[str, Any]:
                 lab.birdc("enable", "announced")
                 adds.append(watch.reached() - t0)
                 assert _all_in(node, prefixes), "route watcher and kernel disagree"
+                b_adds.append(_ip_batch(twin, prefixes, "replace"))
                 watch.expect(0)
                 t0 = time.monotonic()
                 lab.birdc("disable", "announced")
                 dels.append(watch.reached() - t0)
                 assert not _routed(node, [prefixes[-1]]) and _count(node) == 0, "route watcher and kernel disagree"
+                b_dels.append(_ip_batch(twin, prefixes, "del"))
         finally:
             watch.close()
         # when gobgpd itself holds them all, and what one dump of them costs (separate round: polling costs)
@@ -132,11 +147,6 @@ def bird_bulk(n: int) -> dict[str, Any]:
             sp.close()
         lab.birdc("disable", "announced")
         wait_for(lambda: _count(node) == 0, 120, "routes withdrawn", interval=0.01)
-        lab.stop_agent(node)
-        b_adds, b_dels = [], []
-        for _ in range(REPEAT):
-            b_adds.append(_ip_batch(node, prefixes, "replace"))
-            b_dels.append(_ip_batch(node, prefixes, "del"))
         batch_add, batch_del = statistics.median(b_adds), statistics.median(b_dels)
         add_s, del_s = statistics.median(adds), statistics.median(dels)
         return {"prefixes": n, "bgp add s": round(add_s, 3), "in gobgpd RIB s": round(rib_s, 3),
