@@ -260,6 +260,7 @@ class _Ep(NamedTuple):
     local: bool
     ready: bool
     hints: tuple[str, ...]
+    dkey: DKey  # (addr, port): the same tuple object keys the destination dicts (no copy per endpoint)
 
 
 def collect_endpoints(svc: Service, slices: Iterable[EndpointSlice], node: NodeInfo, problems: list[str],
@@ -289,9 +290,10 @@ def collect_endpoints(svc: Service, slices: Iterable[EndpointSlice], node: NodeI
             local = ep.node_name == node.name and bool(node.name)
             ready = ep.ready and not ep.terminating
             for port, bucket in ports:
-                cur = bucket.get((addr, port))
+                dkey = (addr, port)
+                cur = bucket.get(dkey)
                 if cur is None or (ready and not cur[3]):
-                    bucket[(addr, port)] = make(_Ep, (addr, port, local, ready, ep.hint_zones))
+                    bucket[dkey] = make(_Ep, (addr, port, local, ready, ep.hint_zones, dkey))
     return {k: list(v.values()) for k, v in out.items()}
 
 
@@ -397,8 +399,8 @@ def build_service(svc: Service, slices: Iterable[EndpointSlice], node: NodeInfo,
             hc_local.update(e.addr for e in local_eps if e.ready)
             # one dict per (port, family), shared by the virtual servers using it (never mutated: the
             # committed state takes copies), one value tuple for all: less to allocate on a cold sync
-            all_d = dict.fromkeys([(e.addr, e.port) for e in eps], DEST_VAL)
-            local_d = dict.fromkeys([(e.addr, e.port) for e in local_eps], DEST_VAL)
+            all_d = dict.fromkeys([e.dkey for e in eps], DEST_VAL)
+            local_d = dict.fromkeys([e.dkey for e in local_eps], DEST_VAL)
 
             def add(kind: str, addr: str, port: int, dests: dict[DKey, DVal], local_only: bool,
                     fam: int = fam, proto: int = proto, sp_name: str = sp.name) -> None:
