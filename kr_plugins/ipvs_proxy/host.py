@@ -16,6 +16,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,6 +28,8 @@ log = logging.getLogger("kr.ipvs_proxy.host")
 
 DUMMY = "kube-dummy-if"
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
+RTM_GETROUTE, RTN_LOCAL = 26, 2
+RTA_DST, RTA_OIF, RTA_PRIORITY, RTA_TABLE = 1, 4, 6, 15
 _HH = struct.Struct("=HH")
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 IFA_F_NODAD = 0x02
@@ -175,7 +178,9 @@ class Host:
 
     def vip_routes(self, vips: Iterable[tuple[int, str]], node_ips: dict[int, str], index: int) -> list[Route]:
         """kube-router's ``ip route replace local VIP dev kube-dummy-if table local proto kernel scope host
-        src <node IP>``, so host-originated traffic never picks a VIP as its source."""
+        src <node IP>``, so host-originated traffic never picks a VIP as its source.
+
+        For IPv6 see :meth:`apply_routes`: the kernel's own local route is deleted first."""
         out = []
         for fam, addr in vips:
             src = node_ips.get(fam)
@@ -192,8 +197,16 @@ class Host:
 
     def apply_routes(self, replace: list[Route], delete: list[Route]) -> links.BatchResult:
         """Delete, then replace routes over the same socket as the addresses (1,000 messages per
-        ``sendmsg``, one ack per batch); deleting a route that is not there is not an error."""
-        ops = [("delete", r) for r in delete] + [("replace", r) for r in replace]
+        ``sendmsg``, one ack per batch); deleting a route that is not there is not an error.
+
+        IPv6 local routes are keyed by metric as well: the kernel's own route for a new address has metric 0
+        and no ``src``, and a replacement cannot have metric 0 (the kernel makes it 1024), so it would only
+        add a second route behind the kernel's; the node would then send from the VIP, and its connections
+        to IPv6 VIPs failed. As kube-router does, the kernel's route is deleted: see :meth:`kernel_routes6`."""
+        v6 = {r.dst.split("/")[0]: r.oif for r in replace if r.type == "local" and ":" in r.dst}
+        strays = [Route(dst=f"{a}/128", oif=v6[a], table=TABLE_LOCAL, proto=RTPROT_KERNEL, type="local",
+                        scope=RT_SCOPE_HOST) for a in sorted(self.kernel_routes6(v6))]
+        ops = [("delete", r) for r in [*delete, *strays]] + [("replace", r) for r in replace]
         res = links.BatchResult()
         if not ops:
             return res
@@ -213,6 +226,53 @@ class Host:
         for op, route, e in res.errors[:10]:
             log.warning("route %s %s: %s", op, route.dst, os.strerror(e))
         return res
+
+    def kernel_routes6(self, vips: dict[str, int | None], wait: float = 2.0) -> set[str]:
+        """Those of ``vips`` (IPv6 address -> link index) whose kernel-made local route (table local, metric
+        0) is present, waiting up to ``wait`` seconds for it: the kernel adds it from a work queue after the
+        address (even a NODAD one), so right after the address it may not be there yet. A delete without a
+        metric removes the lowest-metric match, so once this returned an address, deleting its route removes
+        the kernel's and never kr's own (metric 1024)."""
+        if not vips:
+            return set()
+        deadline = time.monotonic() + wait
+        while True:
+            found = {a for a, oif in self._local_routes6() if a in vips and vips[a] in (None, oif)}
+            if len(found) == len(vips) or time.monotonic() >= deadline:
+                if len(found) < len(vips):
+                    log.warning("%d IPv6 VIPs: no kernel local route after %.1f s", len(vips) - len(found), wait)
+                return found
+            time.sleep(0.01)
+
+    def _local_routes6(self) -> list[tuple[str, int]]:
+        """(address, link index) of the IPv6 ``local``-type, metric-0, /128 routes of table local."""
+        unpack, hh, ntop = struct.unpack_from, _HH.unpack_from, socket.inet_ntop
+
+        def parse(p: memoryview) -> tuple[str, int] | None:
+            af, dst_len, _s, _t, table, _proto, _scope, rtype = unpack("=BBBBBBBB", p, 0)
+            if af != socket.AF_INET6 or dst_len != 128 or rtype != RTN_LOCAL:
+                return None
+            off, end = 12, len(p)
+            dst, oif, metric = None, 0, 0
+            while off + 4 <= end:
+                ln, t = hh(p, off)
+                if ln < 4:
+                    break
+                if t == RTA_DST:
+                    dst = bytes(p[off + 4: off + ln])
+                elif t == RTA_OIF:
+                    oif = unpack("=I", p, off + 4)[0]
+                elif t == RTA_PRIORITY:
+                    metric = unpack("=I", p, off + 4)[0]
+                elif t == RTA_TABLE:
+                    table = unpack("=I", p, off + 4)[0]
+                off += (ln + 3) & ~3
+            if dst is None or table != TABLE_LOCAL or metric != 0:
+                return None
+            return ntop(socket.AF_INET6, dst), oif
+
+        return self._socket().dump(RTM_GETROUTE, struct.pack("=BBBBBBBBI", socket.AF_INET6, 0, 0, 0, 0, 0, 0, 0, 0),
+                                   parse)
 
     # ---------------------------------------------------------------------------------- sysctls
     def set_sysctls(self, interfaces: Iterable[str] = ()) -> None:

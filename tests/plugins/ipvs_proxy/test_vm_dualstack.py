@@ -155,6 +155,18 @@ def test_dual_stack_ipv4_side_and_ipv6_only_service(topo: Topology, proxy: Proxy
     assert topo.ask("ext", NODE_IPS["node-1"], NP_V6, timeout=1.5) == ""
 
 
+def test_node_itself_to_ipv6_clusterip_uses_node_ip(topo: Topology, proxy: Proxy) -> None:
+    """Host-originated traffic to a VIP takes the node IP as source (the VIP's local route carries it), so
+    remote backends can answer."""
+    ns = topo.ns["node-1"]
+    routes = sh(ns, f"ip -6 route show table all {DS6}")
+    answers = [topo.ask("node-1", DS6, 80, timeout=1.5) for _ in range(3)]
+    assert who(answers) == {"a": 1, "b": 1, "c": 1}, (answers, routes, sh(ns, f"ip -6 route get {DS6}"))
+    assert {client_of(a) for a in answers} == {NODE_IPS6["node-1"]}, (answers, routes)
+    local = sh(ns, f"ip -6 route show table local {DS6}")
+    assert local.count("\n") == 1 and f"src {NODE_IPS6['node-1']}" in local, local  # one local route, with src
+
+
 def test_ipv6_udp(topo: Topology, proxy: Proxy) -> None:
     for vip, port in ((DS6, 53), (NODE_IPS6["node-1"], NP_UDP)):
         answers = [topo.ask_udp("ext", vip, port) for _ in range(3)]
