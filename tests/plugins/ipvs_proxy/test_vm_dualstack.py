@@ -10,12 +10,15 @@ run in file order and each leaves the Services as the next expects.
 from __future__ import annotations
 
 import collections
+import socket
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from kr_core.model import Node
+from kr_core.net import netns
+from kr_plugins.ipvs_proxy.model import ANN_HAIRPIN
 
 from .fixtures import ep, eps, svc
 from .vmkit import (
@@ -59,9 +62,9 @@ def slices(name: str, pods: tuple[str, ...], ports: list[dict[str, Any]], famili
     return out
 
 
-def ds_svc() -> Any:
+def ds_svc(**kw: Any) -> Any:
     return svc("ds", cluster_ip=[DS4, DS6], type="NodePort", ipFamilies=["IPv4", "IPv6"],
-               ipFamilyPolicy="RequireDualStack",
+               ipFamilyPolicy="RequireDualStack", **kw,
                ports=[{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": NP_TCP},
                       {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353, "nodePort": NP_UDP}])
 
@@ -171,6 +174,38 @@ def test_ipv6_udp(topo: Topology, proxy: Proxy) -> None:
     for vip, port in ((DS6, 53), (NODE_IPS6["node-1"], NP_UDP)):
         answers = [topo.ask_udp("ext", vip, port) for _ in range(3)]
         assert who(answers) == {"a": 1, "b": 1, "c": 1}, (vip, answers)
+
+
+def test_ipv6_firewall_and_session_affinity(topo: Topology, proxy: Proxy) -> None:
+    def connect(port: int) -> str:
+        try:
+            netns.call_in(topo.ns["ext"], socket.create_connection, (DS6, port), timeout=3).close()
+            return "connected"
+        except OSError as e:
+            return type(e).__name__
+
+    assert connect(81) == "ConnectionRefusedError"  # icmp6-port-unreachable from KUBE-ROUTER-SERVICES
+    sh(topo.ns["ext"], f"ping -6 -c1 -W3 {DS6} >/dev/null")  # echo requests to VIPs are let in
+    proxy.feed.update(ds_svc(sessionAffinity="ClientIP", sessionAffinityConfig={"clientIP": {"timeoutSeconds": 60}}))
+    try:
+        assert f"TCP  [{DS6}]:80 rr persistent 60" in sh(topo.ns["node-1"], "ipvsadm -Ln")
+        answers = [topo.ask("ext", DS6, 80) for _ in range(4)]
+        assert all(answers) and len(who(answers)) == 1, answers
+    finally:
+        proxy.feed.update(ds_svc())
+
+
+def test_ipv6_hairpin(topo: Topology, proxy: Proxy) -> None:
+    proxy.feed.update(ds_svc(annotations={ANN_HAIRPIN: ""}))
+    try:
+        save = sh(topo.ns["node-1"], "ip6tables-save -t nat")
+        assert f"-A KUBE-ROUTER-HAIRPIN -s {PODS6['a']}/128 -d {PODS6['a']}/128" in save, save
+        answers = [topo.ask("a", DS6, 80, timeout=1.5) for _ in range(6)]
+        assert who(answers) == {"a": 2, "b": 2, "c": 2}, answers
+        assert {client_of(a) for a in answers if a.startswith("a ")} == {DS6}, answers  # SNAT to the VIP
+    finally:
+        proxy.feed.update(ds_svc())
+    assert ":KUBE-ROUTER-HAIRPIN" not in sh(topo.ns["node-1"], "ip6tables-save -t nat")
 
 
 def conntrack(topo: Topology, family: int, vip: str) -> str:
