@@ -15,6 +15,7 @@ that even a batch where everything fails fits in the receive queue.
 
 from __future__ import annotations
 
+import mmap
 import os
 import socket
 import struct
@@ -74,12 +75,18 @@ class NetlinkSocket:
         # which costs ~1 ms per dump in UML (17 s instead of 2 s for 10k per-service dest dumps)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("=qq", 60, 0))
         self.seq = 1
-        self.buf = bytearray(8 << 20)
+        # receive buffer: an anonymous mapping, so only the pages a reply actually fills are touched (a
+        # zeroed bytearray touched all 2,048 pages at every socket made: ~0.1-0.2 s in User-Mode Linux)
+        self.buf = mmap.mmap(-1, 8 << 20)
         self.sent_messages = 0  # counters for tests and the benchmark
         self.sent_batches = 0
 
     def close(self) -> None:
         self.sock.close()
+        try:
+            self.buf.close()
+        except BufferError:  # a caller still holds a view of the last reply: freed with it
+            pass
 
     def next_seq(self, n: int = 1) -> int:
         """Reserve ``n`` consecutive sequence numbers; returns the first (wraps before 2**31)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 
 from kr_core.net.ipset import IpSet, IpsetError, IpsetRunner
@@ -47,6 +48,12 @@ class Firewall:
         self.families = tuple(families)
         self.launcher = Launcher()
         self.launcher.start()
+        self._nl_lock = threading.Lock()
+        self._nl: IpsetNl | None = None
+        try:
+            self._nl = IpsetNl()  # one netfilter netlink socket for all set writes, opened in this namespace
+        except OSError as exc:
+            log.warning("ipset netlink unavailable (%s): using ipset restore", exc)
         self.ipt: dict[int, Iptables] = {}
         for f in self.families:
             m = Mode(mode) if mode != "auto" else detect_mode(FAMILY[f], launcher=self.launcher)
@@ -59,8 +66,12 @@ class Firewall:
         self.writes = 0
 
     def close(self) -> None:
-        """Stop the command launcher's helper process."""
+        """Stop the command launcher's helper process, close the netlink socket."""
         self.launcher.close()
+        with self._nl_lock:
+            if self._nl is not None:
+                self._nl.close()
+                self._nl = None
 
     @property
     def modes(self) -> dict[int, str]:
@@ -112,14 +123,15 @@ class Firewall:
         if not changed:
             return False
         fallback = changed
-        try:
-            with IpsetNl() as nl:
-                res = nl.sync(changed)
-            fallback = [s for s, _ in res.failed]
-            for s, why in res.failed:
-                log.warning("ipset %s: netlink sync failed (%s): using ipset restore", s.kernel_name, why)
-        except OSError as exc:
-            log.warning("ipset netlink unavailable (%s): using ipset restore", exc)
+        with self._nl_lock:
+            if self._nl is not None:
+                try:
+                    res = self._nl.sync(changed)
+                    fallback = [s for s, _ in res.failed]
+                    for s, why in res.failed:
+                        log.warning("ipset %s: netlink sync failed (%s): using ipset restore", s.kernel_name, why)
+                except OSError as exc:
+                    log.warning("ipset netlink sync failed (%s): using ipset restore", exc)
         if fallback:
             self.ipset.sync(fallback)
         self.writes += 1
@@ -134,12 +146,12 @@ class Firewall:
         if not add and not delete:
             return False
         errs: dict[tuple[str, str, str], int] | None = None
-        if all(n in self.set_types for n, _ in (*add, *delete)):
-            try:
-                with IpsetNl() as nl:
-                    errs = nl.update_members(self.set_types, add, delete)
-            except (OSError, ValueError) as exc:
-                log.warning("ipset member update over netlink failed (%s): using ipset restore", exc)
+        with self._nl_lock:
+            if self._nl is not None and all(n in self.set_types for n, _ in (*add, *delete)):
+                try:
+                    errs = self._nl.update_members(self.set_types, add, delete)
+                except (OSError, ValueError) as exc:
+                    log.warning("ipset member update over netlink failed (%s): using ipset restore", exc)
         if errs is None or errs:
             if errs:
                 (op, n, e), code = next(iter(errs.items()))

@@ -7,6 +7,7 @@ the INPUT firewall chain and its jump, the SNAT chain, drift repair, member upda
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 
@@ -30,11 +31,12 @@ def save(ns: str, mode: str, v6: bool = False) -> str:
 
 
 def exercise(mode: str, with_ipvs_match: bool) -> None:
-    with netns.temporary("krp-fw") as ns:
+    with netns.temporary("krp-fw") as ns, contextlib.ExitStack() as stack:
         if not _mode_works(mode, ns):
             pytest.skip(f"iptables-{mode} or ipset does not work in this kernel")
         with netns.in_netns(ns):
             fw = Firewall((4, 6), mode)
+            stack.callback(fw.close)  # its launcher helper and netlink socket, even on failure
             assert fw.modes == {4: mode, 6: mode}
             sets = R.ipsets(4, ["10.96.0.10"], ["10.96.0.10,tcp:80", "10.96.0.10,udp:53"], ["192.168.1.5"]) + \
                 R.ipsets(6, ["fd00::10"], ["fd00::10,tcp:80"], ["fd00:1::5"])
@@ -115,11 +117,12 @@ def test_firewall_in_vm_legacy_with_ipvs_match():
 def exercise_sync_iptables(mode: str, with_ipvs_match: bool) -> None:
     """Chains + jumps + deletions in one save and one restore per family; idempotent; drift repaired;
     stale jump copies removed; another tool's rules left alone."""
-    with netns.temporary("krp-fw2") as ns:
+    with netns.temporary("krp-fw2") as ns, contextlib.ExitStack() as stack:
         if not _mode_works(mode, ns):
             pytest.skip(f"iptables-{mode} or ipset does not work in this kernel")
         with netns.in_netns(ns):
             fw = Firewall((4, 6), mode)
+            stack.callback(fw.close)  # its launcher helper and netlink socket, even on failure
             fw.sync_sets(R.ipsets(4, ["10.96.0.10"], [], []) + R.ipsets(6, ["fd00::10"], [], []))
             subprocess.run([f"iptables-{mode}", "-A", "INPUT", "-s", "192.0.2.99", "-j", "ACCEPT"], check=True)
             # a stale copy of our INPUT jump (other position) must go
