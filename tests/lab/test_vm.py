@@ -175,7 +175,8 @@ def test_keyboard_interrupt_kills_the_vm() -> None:
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            run_in_vm("echo started; sleep 120", stream=stream, timeout=60, run_id=run_id)
+            rc = run_in_vm("echo started; sleep 120", stream=stream, timeout=60, run_id=run_id)
+            pytest.fail(f"the VM ended (rc {rc}) before the interrupt: {stream.getvalue()[-3000:]}")
     finally:
         timer.cancel()
     left = subprocess.run(["pgrep", "-f", f"umid={run_id}"], capture_output=True, text=True)
