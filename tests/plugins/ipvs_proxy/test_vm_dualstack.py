@@ -3,8 +3,9 @@ namespace topology of :mod:`.vmkit` built with both families, ``--enable-ipv6``.
 
 Services: ``ds`` (ipFamilies [IPv4, IPv6], NodePort, TCP and UDP, backends a, b, c in both families),
 ``v6`` (IPv6 only, NodePort, TCP, backends a and c) and ``dns`` (dual stack ClusterIP, UDP only, backends a
-and c: the UDP conntrack flush on endpoint removal). One topology and one proxy for the module; the tests
-run in file order and each leaves the Services as the next expects.
+and c: a UDP client with a fixed source port when its endpoint is removed, and what moves it: the kernel's
+``expire_nodest_conn``, not the ``conntrack -D`` kr runs like kube-router). One topology and one proxy for
+the module; the tests run in file order and each leaves the Services as the next expects.
 """
 
 from __future__ import annotations
@@ -102,10 +103,14 @@ def proxy(topo: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                                          v6_svc(), *slices("v6", ("a", "c"), TCP_PORTS, (6,)),
                                          dns_svc(), *dns_slices()],
               flags={"enable-ipv6": True})
-    p.start()
-    yield p
-    p.call(p.caller.cleanup)
-    p.stop()
+    try:
+        p.start()
+        yield p
+    finally:
+        try:
+            p.call(p.caller.cleanup)
+        finally:
+            p.stop()
 
 
 def who(answers: Any) -> collections.Counter[str]:
