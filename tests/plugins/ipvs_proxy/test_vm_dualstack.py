@@ -163,7 +163,7 @@ def test_dual_stack_ipv4_side_and_ipv6_only_service(topo: Topology, proxy: Proxy
     assert topo.ask("ext", NODE_IPS["node-1"], NP_V6, timeout=1.5) == ""
 
 
-def test_node_itself_to_ipv6_clusterip_uses_node_ip(topo: Topology, proxy: Proxy) -> None:
+def test_node_itself_to_clusterip_uses_node_ip(topo: Topology, proxy: Proxy) -> None:
     """Host-originated traffic to a VIP takes the node IP as source (the VIP's local route carries it), so
     remote backends can answer."""
     ns = topo.ns["node-1"]
@@ -173,6 +173,9 @@ def test_node_itself_to_ipv6_clusterip_uses_node_ip(topo: Topology, proxy: Proxy
     assert {client_of(a) for a in answers} == {NODE_IPS6["node-1"]}, (answers, routes)
     local = sh(ns, f"ip -6 route show table local {DS6}")
     assert local.count("\n") == 1 and f"src {NODE_IPS6['node-1']}" in local, local  # one local route, with src
+    answers = [topo.ask("node-1", DS4, 80, timeout=1.5) for _ in range(3)]  # and the IPv4 side of it
+    assert who(answers) == {"a": 1, "b": 1, "c": 1}, answers
+    assert {client_of(a) for a in answers} == {NODE_IPS["node-1"]}, answers
 
 
 def test_ipv6_udp(topo: Topology, proxy: Proxy) -> None:
