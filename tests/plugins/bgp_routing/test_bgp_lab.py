@@ -46,7 +46,8 @@ def test_lab_pod_routing_bird_restart_delete(netlab_factory) -> None:  # type: i
         apply(name, *(pod_manifest(p, node=f"node-{i}") for i, p in enumerate("abc", 1)))
         wait_running(name, ["default/a", "default/b", "default/c"])
         wait_for(lambda: all(_probe(name, "default/a", f"default/{p}") for p in "bc"), 30, "a reaches b and c")
-        assert _probe(name, "default/c", "default/b")
+        # node-3 and node-2 learn each other's CIDR independently of node-1: wait, do not probe once
+        wait_for(lambda: _probe(name, "default/c", "default/b"), 30, "c reaches b")
 
         # BIRD in ext; the nodes get it as an external peer through an annotation, applied live
         ext_ip = st.ext_ip4
