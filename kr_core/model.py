@@ -290,6 +290,9 @@ class Namespace(KubeObject):
 # ----------------------------------------------------------------------------------------------- Pod
 
 
+FINISHED_PHASES = frozenset({"Succeeded", "Failed", "Completed"})  # a pod in one of these has finished
+
+
 @dataclass(frozen=True, slots=True)
 class ContainerPort:
     container_port: int
@@ -351,7 +354,7 @@ class Pod(KubeObject):
 
     @property
     def finished(self) -> bool:
-        return self.phase in ("Succeeded", "Failed", "Completed")
+        return self.phase in FINISHED_PHASES
 
     @property
     def actionable(self) -> bool:

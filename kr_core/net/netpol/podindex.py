@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any
 
-from kr_core.model import LabelSelector, Pod
+from kr_core.model import FINISHED_PHASES, LabelSelector, Pod
 
 EMPTY: frozenset[str] = frozenset()
 
@@ -98,45 +98,54 @@ class PodIndex:
                 self.ips[f][key] = tuple(ip for ip in pod.pod_ips if family_of(ip) == f)
         self._claim(key, pod.pod_ips)
 
-    def load(self, pods: Iterable[Pod]) -> list[str]:
-        """Index ``pods`` into this empty index in one pass (the full build); returns the keys indexed.
+    def load(self, pods: Iterable[Pod]) -> None:
+        """Index ``pods`` into this empty index in one pass (the full build).
 
         Pods sharing one label map (label maps are shared instances, see ``kr_core.model``) and one ports
-        tuple are grouped first, so the label and named-port work is done once per distinct map."""
+        tuple are grouped first, so the label and named-port work is done once per distinct map. The
+        per-pod loop is the cold full sync's largest Python cost: :meth:`accepts` and the key are inlined."""
         assert not self.pods, "load() fills an empty index"
         fams = self.families
         single = fams[0] if len(fams) == 1 else None
+        single_v6 = single == 6
         ips_single = self.ips[single] if single is not None else None
-        pods_d, owner, keys, ids, node, local = self.pods, self.ip_owner, [], self._ids, self.node, self.local
+        pods_d, owner, ids, node, local = self.pods, self.ip_owner, self._ids, self.node, self.local
         by_labels: dict[tuple[str, int], tuple[Any, list[str]]] = {}
         by_ports: dict[int, tuple[Any, list[str]]] = {}
         for pod in pods:
-            if not self.accepts(pod):
+            pips = pod.pod_ips
+            if not pips or pod.host_network or pod.phase in FINISHED_PHASES:  # Pod.actionable, inlined
+                continue
+            one = len(pips) == 1
+            if one and ips_single is not None:
+                if (":" in pips[0]) != single_v6:
+                    continue
+            elif not any(family_of(ip) in fams for ip in pips):
                 continue
             meta = pod.meta
-            key = meta.key
+            ns = meta.namespace
+            key = f"{ns}/{meta.name}"
             if key in pods_d:  # (a duplicate in the input: the later one wins, the slow way)
                 self.add(key, pod)
                 continue
             pods_d[key] = pod
-            keys.append(key)
             ids[id(pod)] = key
             if pod.node_name == node:
                 local.add(key)
             labels = meta.labels
-            g = by_labels.get((meta.namespace, id(labels)))
+            g = by_labels.get((ns, id(labels)))
             if g is None:
-                by_labels[(meta.namespace, id(labels))] = (labels, [key])
+                by_labels[(ns, id(labels))] = (labels, [key])
             else:
                 g[1].append(key)
-            if pod.ports:
-                g = by_ports.get(id(pod.ports))
+            ports = pod.ports
+            if ports:
+                g = by_ports.get(id(ports))
                 if g is None:
-                    by_ports[id(pod.ports)] = (pod.ports, [key])
+                    by_ports[id(ports)] = (ports, [key])
                 else:
                     g[1].append(key)
-            pips = pod.pod_ips
-            if ips_single is not None and len(pips) == 1 and family_of(pips[0]) == single:
+            if one and ips_single is not None:
                 ips_single[key] = pips
                 if pips[0] in owner:
                     self._claim(key, pips)
@@ -164,7 +173,6 @@ class PodIndex:
                 if cp.name and np not in seen:
                     seen.add(np)
                     self.by_port.setdefault(np, {}).setdefault(cp.container_port, set()).update(members)
-        return keys
 
     def resync(self, pods: Iterable[Pod]) -> None:
         """Make the index hold exactly the acceptable ``pods`` (a full sync's pass over the cache).
