@@ -171,7 +171,11 @@ def test_timeout_kills_the_vm() -> None:
 def test_keyboard_interrupt_kills_the_vm() -> None:
     run_id = f"krvm-sigint-{os.getpid()}-{int(time.time())}"
     stream = TimedStream()
-    timer = threading.Timer(5.0, os.kill, (os.getpid(), signal.SIGINT))
+    # Ctrl-C as the terminal gives it: Python's own handler, the signal to the main thread (a process-directed
+    # signal may land on any of the threads earlier tests left running, and another test may have replaced
+    # the handler: neither is what is tested here)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = threading.Timer(5.0, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -179,6 +183,7 @@ def test_keyboard_interrupt_kills_the_vm() -> None:
             pytest.fail(f"the VM ended (rc {rc}) before the interrupt: {stream.getvalue()[-3000:]}")
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     left = subprocess.run(["pgrep", "-f", f"umid={run_id}"], capture_output=True, text=True)
     assert left.returncode == 1 and not left.stdout, f"leftover linux.uml processes: {left.stdout}"
     assert not glob.glob(os.path.join(tempfile.gettempdir(), f"{run_id}.*")), "per-run directory left behind"
