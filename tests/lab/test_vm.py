@@ -175,6 +175,7 @@ def test_keyboard_interrupt_kills_the_vm() -> None:
     # signal may land on any of the threads earlier tests left running, and another test may have replaced
     # the handler: neither is what is tested here)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     timer = threading.Timer(5.0, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
     timer.start()
     try:
@@ -184,6 +185,7 @@ def test_keyboard_interrupt_kills_the_vm() -> None:
     finally:
         timer.cancel()
         signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     left = subprocess.run(["pgrep", "-f", f"umid={run_id}"], capture_output=True, text=True)
     assert left.returncode == 1 and not left.stdout, f"leftover linux.uml processes: {left.stdout}"
     assert not glob.glob(os.path.join(tempfile.gettempdir(), f"{run_id}.*")), "per-run directory left behind"
