@@ -605,8 +605,25 @@ def create_commands(rs: Ruleset) -> list[dict[str, Any]]:
         if rs.maps[name]:
             cmds.append({"add": map_elements_cmd(name, rs.maps[name].items())})
     for c in chains:
-        cmds += [{"add": rule_cmd(c, r)} for r in rs.chains[c]]
+        cmds += _rule_cmds(c, rs.chains[c])
     return cmds
+
+
+_RULE_CMDS: dict[tuple[str, int], tuple[tuple[Rule, ...], list[dict[str, Any]]]] = {}
+
+
+def _rule_cmds(chain: str, rules: tuple[Rule, ...]) -> list[dict[str, Any]]:
+    """The ``add rule`` commands of one chain, the same dict objects for the same rules tuple (the
+    :class:`Renderer` reuses the tuples of unchanged chains, so :func:`.text.to_text` can reuse their text).
+    Keyed by identity; the tuple is kept in the value so its id cannot be reused. Treat them as read-only."""
+    hit = _RULE_CMDS.get((chain, id(rules)))
+    if hit is not None and hit[0] is rules:
+        return hit[1]
+    if len(_RULE_CMDS) > 20000:
+        _RULE_CMDS.clear()
+    got = [{"add": rule_cmd(chain, r)} for r in rules]
+    _RULE_CMDS[(chain, id(rules))] = (rules, got)
+    return got
 
 
 def _chain_order(rs: Ruleset) -> list[str]:

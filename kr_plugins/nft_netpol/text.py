@@ -104,6 +104,23 @@ def command(c: dict[str, Any]) -> str:
     raise Unsupported(f"{verb} {kind}")
 
 
+_RULE_TEXT: dict[int, tuple[dict[str, Any], str]] = {}
+
+
+def _command_cached(c: dict[str, Any]) -> str:
+    """:func:`command`, remembered for ``add rule`` commands by identity (the renderer hands the same,
+    read-only dicts for unchanged chains: see ``render._rule_cmds``); the dict is kept so its id stays its own."""
+    hit = _RULE_TEXT.get(id(c))
+    if hit is not None and hit[0] is c:
+        return hit[1]
+    text = command(c)
+    if "rule" in c.get("add", ()):
+        if len(_RULE_TEXT) > 100000:
+            _RULE_TEXT.clear()
+        _RULE_TEXT[id(c)] = (c, text)
+    return text
+
+
 def to_text(cmds: Sequence[dict[str, Any]]) -> str:
     """One nft script (one transaction when run as one buffer)."""
-    return "\n".join(command(c) for c in cmds) + "\n"
+    return "\n".join(_command_cached(c) for c in cmds) + "\n"

@@ -182,17 +182,22 @@ class PodIndex:
         if not self.pods:
             self.load(pods)
             return
+        if not isinstance(pods, (list, tuple)):
+            pods = list(pods)
         ids, held = self._ids, self.pods
-        seen: set[str] = set()
+        # an id in ``ids`` is that of a pod object the index holds (so alive: no other object has its id);
+        # a cache lists each object once
+        kept = 0
         fresh: list[Pod] = []
         for pod in pods:
-            k = ids.get(id(pod))
-            if k is not None and held.get(k) is pod:
-                seen.add(k)
+            if id(pod) in ids:
+                kept += 1
             else:
                 fresh.append(pod)
-        for k in held.keys() - seen:
-            self.remove(k)
+        if kept < len(held):  # some held pods are gone or replaced
+            still = {ids[i] for i in map(id, pods) if i in ids}
+            for k in held.keys() - still:
+                self.remove(k)
         for pod in fresh:
             if self.accepts(pod):
                 self.add(pod.meta.key, pod)
