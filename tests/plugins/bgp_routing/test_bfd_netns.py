@@ -128,7 +128,8 @@ def test_bfd_with_bird_detects_silent_loss_and_recovers(netlab_factory) -> None:
                for k in n1.plugin()._logged), n1.plugin()._logged
     assert not metric(n1, "kr_bgp_bfd_session_up{")
     lab.wait_established(n1, [EXT_IP], timeout=30)  # kr's AdminDown does not take BIRD's BGP session down
-    assert net in n1.routes()
+    # (the changed peer settings may have reset the session: its routes come back after it is established)
+    wait_for(lambda: net in n1.routes(), 15, "BIRD's route in node-1's kernel without BFD")
 
 
 def test_enable_bfd_flag_for_global_peers(netlab_factory) -> None:  # type: ignore[no-untyped-def]
