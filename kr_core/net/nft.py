@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import struct
 import threading
 from collections.abc import Iterable, Sequence
@@ -49,46 +47,27 @@ def list_tables(netns: str | None = None) -> set[tuple[str, str]]:
     libnftables' ``list tables`` first fills its cache with the whole ruleset (every iptables-nft rule
     included), tens of milliseconds on a busy node; this reads only table headers. An unavailable
     nf_tables subsystem gives an empty set."""
-    with in_netns(netns):
-        try:
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)  # NETLINK_NETFILTER
-        except OSError:
-            return set()
+    from .netlink import NetlinkError, NetlinkSocket, iter_attrs
+
+    def parse(p: memoryview) -> tuple[str, str] | None:  # nfgenmsg (family, version, res_id), attributes
+        for kind, value in iter_attrs(p, 4):
+            if kind == 1:  # NFTA_TABLE_NAME
+                return _NFPROTO_NAMES.get(p[0], str(p[0])), bytes(value).rstrip(b"\0").decode()
+        return None
+
     try:
-        sock.bind((0, 0))
-        # nlmsghdr: NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE, NLM_F_REQUEST | NLM_F_DUMP; nfgenmsg: any family
-        msg = struct.pack("=LHHLLBBH", 20, (10 << 8) | 1, 0x1 | 0x300, 1, os.getpid() & 0xFFFFFFFF, 0, 0, 0)
-        sock.send(msg)
-        out: set[tuple[str, str]] = set()
-        while True:
-            data = sock.recv(65536)
-            off = 0
-            while off + 16 <= len(data):
-                length, mtype, _flags, _seq, _pid = struct.unpack_from("=LHHLL", data, off)
-                if mtype == 3:  # NLMSG_DONE
-                    return out
-                if mtype == 2:  # NLMSG_ERROR
-                    (err,) = struct.unpack_from("=i", data, off + 16)
-                    if err:
-                        log.debug("nft table dump: errno %d", -err)
-                        return out
-                else:
-                    family = data[off + 16]
-                    a = off + 20
-                    while a + 4 <= off + length:
-                        alen, atype = struct.unpack_from("=HH", data, a)
-                        if alen < 4:
-                            break
-                        if atype & 0x7FFF == 1:  # NFTA_TABLE_NAME
-                            out.add((_NFPROTO_NAMES.get(family, str(family)),
-                                     data[a + 4:a + alen].rstrip(b"\0").decode()))
-                        a += (alen + 3) & ~3
-                off += (length + 3) & ~3
-    except OSError as exc:
+        with in_netns(netns):
+            nl = NetlinkSocket(12)  # NETLINK_NETFILTER
+    except OSError:
+        return set()
+    try:
+        # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE; nfgenmsg for every family
+        return set(nl.dump((10 << 8) | 1, struct.pack("=BBH", 0, 0, 0), parse))
+    except (NetlinkError, OSError) as exc:
         log.debug("nft table dump failed: %s", exc)
         return set()
     finally:
-        sock.close()
+        nl.close()
 
 
 def _load_lib() -> Any:

@@ -393,7 +393,6 @@ class Desired:
         return frozenset(m for v in self._candidates(pod.meta.namespace) if could_match(v, labels)
                          for m in view_memberships(v, pod))
 
-    members_of = _members
 
     def _move(self, key: str, gone: AbstractSet[Membership], came: AbstractSet[Membership], delta: PodDelta) -> None:
         for m in came:
