@@ -44,6 +44,7 @@ from kr_core import (
 from kr_core.net import netns as kr_netns
 from kr_core.net.svcip import Validator
 
+from .aws import SourceDestCheck
 from .bfd import Change, Params
 from .bfd import State as BfdState
 from .bfdd import BfdDaemon, SessionSpec
@@ -138,6 +139,7 @@ class Plugin:
         self.bfdd: BfdDaemon | None = None
         self._bfd_held: set[str] = set()  # peers whose BGP session kr disabled because BFD went down
         self._bfd_gr_warned = False
+        self.srcdst: SourceDestCheck | None = None  # --disable-source-dest-check (AWS)
 
     def _reset_committed(self) -> None:
         self.global_spec: GlobalSpec | None = None
@@ -185,6 +187,8 @@ class Plugin:
             gr_deferral=int(s.bgp_graceful_restart_deferral_time), families=tuple(s.families),
         )
         self.adv_flags = AdvertiseFlags(s.advertise_cluster_ip, s.advertise_external_ip, s.advertise_loadbalancer_ip)
+        # its thread starts only when a node with an aws:// provider id shows up
+        self.srcdst = SourceDestCheck() if s.disable_source_dest_check else None
 
     def _cni_path(self) -> str:
         """The CNI config file. Default: kube-router's, unless this agent runs in a named network namespace
@@ -234,6 +238,8 @@ class Plugin:
 
     @hookimpl
     def stop(self) -> None:
+        if self.srcdst:
+            self.srcdst.stop()
         if self.bfdd:
             self.bfdd.stop()  # AdminDown to the peers first: they keep their BGP sessions (RFC 5882 3.2)
             self.bfdd = None
@@ -273,6 +279,9 @@ class Plugin:
         assert self.ctx is not None
         me = self.ctx.caches.nodes.get(self.ctx.node_name)
         ips = node_ips(me) if me else ()
+        if self.srcdst is not None:
+            for node in self.ctx.caches.nodes.list():
+                self.srcdst.submit(node.name, node.provider_id)
         self.vips = {}
         for svc in self.ctx.caches.services.list():
             self.vips[svc.key] = self._service_vips(svc.key, ips)
@@ -282,6 +291,9 @@ class Plugin:
     @hookimpl
     def on_node(self, event: Event) -> None:
         obj = event.obj
+        if self.srcdst is not None and event.new is not None and \
+                (event.old is None or event.old.provider_id != event.new.provider_id):
+            self.srcdst.submit(event.new.name, event.new.provider_id)  # AWS: a node added later
         if event.type is EventType.MODIFIED and event.old is not None and event.new is not None \
                 and _routing_view(event.old) == _routing_view(event.new):
             return  # status heartbeats, labels, conditions: nothing routing reads changed

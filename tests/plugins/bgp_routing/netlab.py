@@ -62,13 +62,14 @@ class LabNode:
     pod_ns: str
     pod_ip: str
     annotations: dict[str, str] = field(default_factory=dict)
+    provider_id: str = ""
     agent: Agent | None = None
     feed: FeedSource | None = None
 
     def node(self) -> Node:
         return Node.from_json({
             "metadata": {"name": self.name, "annotations": dict(self.annotations), "resourceVersion": str(time.time_ns())},
-            "spec": {"podCIDRs": [self.pod_cidr]},
+            "spec": {"podCIDRs": [self.pod_cidr], **({"providerID": self.provider_id} if self.provider_id else {})},
             "status": {"addresses": [{"type": "InternalIP", "address": self.ip}],
                        "conditions": [{"type": "Ready", "status": "True"}]},
         })
