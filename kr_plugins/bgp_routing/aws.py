@@ -279,7 +279,7 @@ class SourceDestCheck:
         self._stop.set()
         self._q.put(None)
         if self._thread is not None:
-            self._thread.join(5)
+            self._thread.join(2)  # an EC2 call in flight (10 s timeout) is not waited for: daemon thread
 
     def _run(self) -> None:
         first = True
