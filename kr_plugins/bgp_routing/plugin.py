@@ -11,6 +11,8 @@ What it does, as kube-router's routing controller:
 * host setup: kube-bridge, CNI config, FORWARD accepts, pod egress masquerade, ipsets (:mod:`.host`);
 * BFD for external peers with kr's own speaker (:mod:`.bfd`, :mod:`.bfdd`; GoBGP v3 has none): a session
   that goes Down after Up disables the BGP peer in gobgpd at once, Up again enables it.
+* on AWS (``--disable-source-dest-check``): the EC2 source/destination check of every ``aws://`` node is
+  turned off once, off the event thread (:mod:`.aws`).
 
 Beyond kube-router, node annotation changes (ASN, peers, communities, prepend, RR role) apply live.
 Bad input (an unparseable annotation, a reserved ASN, an invalid community) is logged against the node,
