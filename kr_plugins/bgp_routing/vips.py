@@ -80,7 +80,9 @@ def service_vips(svc: Service, slices: Iterable[EndpointSlice], node_name: str, 
                  families: Iterable[int] = (4,)) -> VipDecision:
     """The matrix of AC-R1 for one Service."""
     fam = set(families)
-    if svc.type == "ExternalName":
+    # kube-router reads VIPs only from ClusterIP/NodePort/LoadBalancer Services with a cluster IP, and LB
+    # ingress IPs only from type LoadBalancer (a status left on a Service changed to NodePort is ignored)
+    if svc.type not in ("ClusterIP", "NodePort", "LoadBalancer") or svc.headless:
         return VipDecision()
     local = has_local_endpoint(slices, node_name, node_ips)
     adv: set[str] = set()
@@ -96,16 +98,16 @@ def service_vips(svc: Service, slices: Iterable[EndpointSlice], node_name: str, 
             else:
                 wd.add(ip)
 
-    if svc.type in ("ClusterIP", "NodePort", "LoadBalancer") and not svc.headless:
-        itp_local = svc.internal_traffic_policy == "Local"
-        put(_valid(svc.cluster_ips), _opt(svc, ANN_ADV_CLUSTER, flags.cluster_ip), local or not itp_local)
+    itp_local = svc.internal_traffic_policy == "Local"
+    put(_valid(svc.cluster_ips), _opt(svc, ANN_ADV_CLUSTER, flags.cluster_ip), local or not itp_local)
     etp_local = svc.external_traffic_policy == "Local" or svc.meta.annotations.get(ANN_LOCAL) == "true"
     ext = _valid(svc.external_ips)
     if validator is not None:
         ext, bad = validator.filter_external_ips(ext)
         refused += bad
     put(ext, _opt(svc, ANN_ADV_EXTERNAL, flags.external_ip), local or not etp_local)
-    lb = _valid(i.ip for i in svc.load_balancer_ingress if i.ip and i.ip_mode != "Proxy")
+    lb = _valid(i.ip for i in svc.load_balancer_ingress if i.ip and i.ip_mode != "Proxy") \
+        if svc.type == "LoadBalancer" else []
     if validator is not None:
         lb, bad = validator.filter_loadbalancer_ips(lb)
         refused += bad

@@ -14,12 +14,12 @@ LB_RANGE = "10.255.0.0/24"
 
 
 def _service(name: str, ingress: list[dict[str, str]], annotations: dict[str, str] | None = None,
-             cluster_ip: str = "") -> Any:
+             cluster_ip: str = "10.96.0.99", svc_type: str = "LoadBalancer") -> Any:
     from kr_core.model import Service
 
     return Service.from_json({
         "metadata": {"name": name, "namespace": "default", "annotations": annotations or {}},
-        "spec": {"type": "LoadBalancer", "clusterIP": cluster_ip, "ports": [{"port": 80}]},
+        "spec": {"type": svc_type, "clusterIP": cluster_ip, "ports": [{"port": 80}]},
         "status": {"loadBalancer": {"ingress": ingress}}})
 
 
@@ -52,7 +52,8 @@ def test_loadbalancer_ips_advertised_and_withdrawn(netlab_factory) -> None:  # t
     wait_for(lambda: _bird_vias(lab, "10.255.0.1/32") == {n1.ip}, 15, "web's LB IP from node-1 only")
     wait_for(lambda: _bird_vias(lab, "10.255.0.5/32") == {n1.ip, n2.ip}, 15, "optin's LB IP from both nodes")
     wait_for(lambda: _bird_vias(lab, n2.pod_cidr) == {n2.ip}, 15, "pod CIDRs in BIRD (everything exported)")
-    for prefix in ("10.255.0.2/32", "172.16.9.9/32", "10.255.0.3/32", "10.255.0.4/32", "10.96.0.61/32"):
+    for prefix in ("10.255.0.2/32", "172.16.9.9/32", "10.255.0.3/32", "10.255.0.4/32", "10.96.0.61/32",
+                   "10.96.0.99/32"):
         assert _bird_vias(lab, prefix) == set(), prefix
     assert any("172.16.9.9" in k and "loadbalancer-ip-range" in k for k in n1.plugin()._logged)
     routes = n1.plugin().state()["items"]
@@ -70,6 +71,11 @@ def test_loadbalancer_ips_advertised_and_withdrawn(netlab_factory) -> None:  # t
     lab.publish(_service("optin", [{"ip": "10.255.0.6"}], {"kube-router.io/service.advertise.loadbalancerip": "1"}))
     wait_for(lambda: _bird_vias(lab, "10.255.0.6/32") == {n1.ip, n2.ip} and not _bird_vias(lab, "10.255.0.5/32"),
              15, "optin's new LB IP replaces the old one")
+    # type changed to NodePort with the status left behind: kube-router reads LB IPs of type LoadBalancer only
+    lab.publish(_service("skip", [{"ip": "10.255.0.3"}]))
+    wait_for(lambda: _bird_vias(lab, "10.255.0.3/32") == {n1.ip}, 15, "skip's LB IP advertised again")
+    lab.publish(_service("skip", [{"ip": "10.255.0.3"}], svc_type="NodePort"))
+    wait_for(lambda: _bird_vias(lab, "10.255.0.3/32") == set(), 15, "LB IP of a NodePort Service withdrawn")
     # the Service deleted: withdrawn everywhere
     for n in (n1, n2):
         assert n.feed is not None

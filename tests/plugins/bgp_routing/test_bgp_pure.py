@@ -110,6 +110,14 @@ class TestVipMatrix:
         assert self.vips(svc(clusterIP="None"), [])[0] == set()
         assert self.vips(svc(type="ExternalName", externalName="x.example"), [])[0] == set()
 
+    def test_lb_ips_only_from_loadbalancer_services_external_ips_not_from_headless(self) -> None:
+        """kube-router's getLoadBalancerIPs/getExternalIPs: LB ingress only of type LoadBalancer (a status left
+        on a Service changed to NodePort is not advertised); nothing of a headless Service."""
+        assert self.vips(svc(type="NodePort", status=LB), [])[0] == {"10.0.0.1"}
+        assert self.vips(svc(type="LoadBalancer", clusterIP="None", externalIPs=["1.1.1.1"], status=LB), []) == \
+            (set(), set())
+        assert self.vips(svc(clusterIP="", externalIPs=["1.1.1.1"]), []) == (set(), set())
+
     def test_strict_validation_refuses(self) -> None:
         v = Validator.from_ranges(cluster=["10.96.0.0/12"], external=["1.1.1.0/24"], strict=True)
         d = service_vips(svc(externalIPs=["1.1.1.1", "8.8.8.8"]), [], "node-1", [], ALL, v)
