@@ -45,7 +45,7 @@ from . import rules as R
 from .firewall import Firewall
 from .healthcheck import HealthServers
 from .host import BINDON_EXCLUDE, DUMMY, Host
-from .ipvs import DEL_DEST, DEL_SVC, Ipvs, IpvsError, Op
+from .ipvs import DEL_DEST, DEL_SVC, Ipvs, IpvsError, Op, message_count
 from .metrics import ProxyMetrics
 from .model import (
     LABEL_ZONE,
@@ -60,7 +60,7 @@ from .model import (
     canonical_ip,
     ip_family,
 )
-from .sync import Committed, commit, commit_bulk_adds, plan
+from .sync import Committed, commit, plan
 
 __version__ = "0.1.0"
 
@@ -377,9 +377,9 @@ class Plugin:
             if k in desired.vservers:  # a Service wants exactly this one: adopt it
                 self.committed[k] = self.foreign.pop(k)
         p = plan(self.committed, desired.vservers, graceful=bool(self._settings("ipvs-graceful-termination")),
-                 excluded_cidrs=self.excluded)
+                 excluded_cidrs=self.excluded, whole=True)
         t = _lap(tm, "diff", t)
-        self._apply(p.ops, desired.vservers, bulk=True)
+        self._apply(p.ops, desired.vservers)
         self._drain(p.drain)
         t = _lap(tm, "ipvs", t)
         self._sync_vips({v for m in self.models.values() for v in m.vips})
@@ -392,9 +392,9 @@ class Plugin:
         self._after_apply()
         gc.freeze()  # what a full sync built is long-lived: keep it out of every later collection (event p99)
         _lap(tm, "rest", t)
-        log.info("sync (%s): %d Services, %d virtual servers, %d destinations; %d IPVS ops sent%s",
+        log.info("sync (%s): %d Services, %d virtual servers, %d destinations; %d IPVS messages sent%s",
                  reason, len(self.models), len(self.committed), sum(len(d) for _, d in self.committed.values()),
-                 len(p.ops), f", {len(p.kept)} kept (--excluded-cidrs)" if p.kept else "")
+                 message_count(p.ops), f", {len(p.kept)} kept (--excluded-cidrs)" if p.kept else "")
 
     def _repair_drift(self, periodic: bool) -> None:
         """Compare the kernel's virtual servers (one dump, no destinations) with the committed ones; forget
@@ -436,7 +436,7 @@ class Plugin:
                             self.owner.get(k, "?"))
                 self.committed[k] = (params, live)
 
-    def _apply(self, ops: list[Op], desired: dict[VKey, VirtualServer], bulk: bool = False) -> None:
+    def _apply(self, ops: list[Op], desired: dict[VKey, VirtualServer]) -> None:
         assert self.ipvs is not None
         if not ops:
             return
@@ -446,10 +446,7 @@ class Plugin:
             log.error("IPVS %s %s (Service %s) failed: %s", op[0], op[1], self.owner.get(op[1], "?"),
                       os.strerror(e))
         ok = [o for o in ops if o[1] not in failed_keys] if failed_keys else ops
-        if bulk:
-            commit_bulk_adds(self.committed, desired, ok)
-        else:
-            commit(self.committed, ok)
+        commit(self.committed, ok)
         if failed_keys:
             self.dirty |= failed_keys
             if self.metrics:

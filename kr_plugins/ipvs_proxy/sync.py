@@ -17,7 +17,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .ipvs import ADD_DEST, ADD_SVC, DEL_DEST, DEL_SVC, SET_DEST, SET_SVC, Op
+from .ipvs import ADD_DEST, ADD_SVC, ADD_VS, DEL_DEST, DEL_SVC, SET_DEST, SET_SVC, Op
 from .model import DKey, DVal, VirtualServer, VKey, VParams
 
 Committed = dict[VKey, tuple[VParams, dict[DKey, DVal]]]
@@ -42,12 +42,20 @@ def excluded(key: VKey, cidrs: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Ne
 
 def plan(committed: Mapping[VKey, tuple[VParams, dict[DKey, DVal]]], desired: Mapping[VKey, VirtualServer],
          keys: Iterable[VKey] | None = None, *, graceful: bool = False,
-         excluded_cidrs: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = ()) -> Plan:
-    """Operations turning ``committed`` into ``desired`` for ``keys`` (default: every key of both)."""
+         excluded_cidrs: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = (), whole: bool = False) -> Plan:
+    """Operations turning ``committed`` into ``desired`` for ``keys`` (default: every key of both).
+
+    ``whole``: a server not committed at all becomes one :data:`~.ipvs.ADD_VS` operation carrying the
+    desired server (rendered straight from it; a cold sync's 100k destinations need no tuple each)
+    instead of ``add-svc`` + one ``add-dest`` per destination."""
     p = Plan()
     ops = p.ops
     if keys is None:
-        keys = list(desired) + [k for k in committed if k not in desired]
+        keys = list(desired) + [k for k in committed if k not in desired] if committed else desired
+    if whole and not committed:  # cold sync: everything is new
+        get = desired.get
+        ops.extend([(ADD_VS, k, vs) for k in keys if (vs := get(k)) is not None])
+        return p
     excl = list(excluded_cidrs)
     for k in keys:
         want = desired.get(k)
@@ -62,6 +70,9 @@ def plan(committed: Mapping[VKey, tuple[VParams, dict[DKey, DVal]]], desired: Ma
             continue
         wdests = want.dests
         if have is None:
+            if whole:
+                ops.append((ADD_VS, k, want))
+                continue
             ops.append((ADD_SVC, k, want.params))
             ops.extend((ADD_DEST, k, (a, port, w, fwd)) for (a, port), (w, fwd) in wdests.items())
             continue
@@ -89,34 +100,44 @@ def plan(committed: Mapping[VKey, tuple[VParams, dict[DKey, DVal]]], desired: Ma
 
 
 def commit(committed: Committed, ops: Iterable[Op]) -> None:
-    """Record successfully applied ``ops`` in ``committed``."""
+    """Record successfully applied ``ops`` in ``committed``.
+
+    Destination dicts are shared, never changed in place: an :data:`~.ipvs.ADD_VS` commits the desired
+    server's own dict (which the model may share between a Service's servers), so the first destination
+    change of a server in a call works on a copy (copy on write)."""
+    mine: set[VKey] = set()  # servers whose dict this call made
+
+    def own(k: VKey) -> dict[DKey, DVal] | None:
+        cur = committed.get(k)
+        if cur is None:
+            return None
+        if k in mine:
+            return cur[1]
+        d = dict(cur[1])
+        committed[k] = (cur[0], d)
+        mine.add(k)
+        return d
+
     for kind, k, arg in ops:
-        if kind == ADD_SVC:
-            cur = committed.get(k)
-            committed[k] = (arg, cur[1] if cur else {})
-        elif kind == SET_SVC:
-            cur = committed.get(k)
-            committed[k] = (arg, cur[1] if cur else {})
-        elif kind == DEL_SVC:
-            committed.pop(k, None)
-        elif kind in (ADD_DEST, SET_DEST):
+        if kind == ADD_VS:
+            committed[k] = (arg.params, arg.dests)
+            mine.discard(k)
+        elif kind in (ADD_SVC, SET_SVC):
             cur = committed.get(k)
             if cur is None:
-                continue
-            cur[1][(arg[0], arg[1])] = (arg[2], arg[3])
+                committed[k] = (arg, {})
+                mine.add(k)
+            else:
+                committed[k] = (arg, cur[1])
+        elif kind == DEL_SVC:
+            committed.pop(k, None)
+            mine.discard(k)
+        elif kind in (ADD_DEST, SET_DEST):
+            d = own(k)
+            if d is not None:
+                d[(arg[0], arg[1])] = (arg[2], arg[3])
         elif kind == DEL_DEST:
-            cur = committed.get(k)
-            if cur is not None:
-                cur[1].pop(arg, None)
+            d = own(k)
+            if d is not None:
+                d.pop(arg, None)
 
-
-def commit_bulk_adds(committed: Committed, desired: Mapping[VKey, VirtualServer], ops: list[Op]) -> None:
-    """:func:`commit` with a fast path for servers added whole (a cold sync): their destinations are
-    copied from ``desired`` at once instead of one by one."""
-    whole: set[VKey] = set()
-    for kind, k, arg in ops:
-        if kind == ADD_SVC:
-            committed[k] = (arg, dict(desired[k].dests))
-            whole.add(k)
-        elif not (kind == ADD_DEST and k in whole):
-            commit(committed, [(kind, k, arg)])

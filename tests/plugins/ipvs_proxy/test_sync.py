@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from kr_plugins.ipvs_proxy.ipvs import ADD_DEST, ADD_SVC, DEL_DEST, DEL_SVC, SET_DEST, SET_SVC
+from kr_plugins.ipvs_proxy.ipvs import ADD_DEST, ADD_SVC, ADD_VS, DEL_DEST, DEL_SVC, SET_DEST, SET_SVC
 from kr_plugins.ipvs_proxy.model import Desired, VirtualServer, VKey, VParams, build_service
-from kr_plugins.ipvs_proxy.sync import commit, commit_bulk_adds, plan
+from kr_plugins.ipvs_proxy.sync import commit, plan
 
 from .fixtures import NODE, OPTS, ep, eps, svc
 
@@ -25,7 +25,7 @@ def test_cold_add_then_nothing_to_do():
     p = plan({}, desired)
     assert [o[0] for o in p.ops] == [ADD_SVC, ADD_DEST, ADD_DEST]
     committed = {}
-    commit_bulk_adds(committed, desired, p.ops)
+    commit(committed, p.ops)
     assert plan(committed, desired).ops == []
 
 
@@ -80,7 +80,30 @@ def test_one_service_subset_plan_ignores_the_others():
     b = build_service(svc("b", cluster_ip="10.96.0.2"), [eps("b", [ep("10.244.1.2")])], NODE, OPTS)
     d = Desired.build([a, b])
     committed = {}
-    commit_bulk_adds(committed, d.vservers, plan({}, d.vservers).ops)
+    commit(committed, plan({}, d.vservers, whole=True).ops)
     a2 = build_service(svc("a", cluster_ip="10.96.0.1"), [eps("a", [ep("10.244.1.1"), ep("10.244.1.9")])], NODE, OPTS)
     p = plan(committed, a2.vservers, keys=list(a2.vservers))
     assert p.ops == [(ADD_DEST, VKey(4, 6, "10.96.0.1", 8080), ("10.244.1.9", 80, 1, 0))]
+
+
+def test_whole_plan_adds_new_servers_as_one_op_and_commit_shares_then_copies_on_write():
+    k2 = VKey(4, 6, "10.96.0.11", 80)
+    shared = {("10.244.1.1", 8080): (1, 0)}
+    desired = {K: VirtualServer(K, DEFAULT, shared, "default/x"), k2: VirtualServer(k2, DEFAULT, shared, "default/x")}
+    p = plan({}, desired, whole=True)
+    assert p.ops == [(ADD_VS, K, desired[K]), (ADD_VS, k2, desired[k2])]
+    committed = {}
+    commit(committed, p.ops)
+    assert committed[K] == (DEFAULT, shared) and committed[K][1] is shared  # no copy on a cold sync
+    assert plan(committed, desired, whole=True).ops == []
+    # an endpoint of K changes: the committed dict is copied, the model's (shared with k2) never touched
+    desired[K] = VirtualServer(K, DEFAULT, {("10.244.1.1", 8080): (1, 0), ("10.244.1.2", 8080): (1, 0)}, "default/x")
+    p = plan(committed, desired, keys=[K], whole=True)
+    assert p.ops == [(ADD_DEST, K, ("10.244.1.2", 8080, 1, 0))]
+    commit(committed, p.ops)
+    assert shared == {("10.244.1.1", 8080): (1, 0)} and committed[k2][1] is shared
+    assert committed[K][1] == desired[K].dests and plan(committed, desired).ops == []
+    # a mixed full plan: known servers are diffed, new ones added whole
+    k3 = VKey(4, 6, "10.96.0.12", 80)
+    desired[k3] = VirtualServer(k3, DEFAULT, {}, "default/y")
+    assert plan(committed, desired, whole=True).ops == [(ADD_VS, k3, desired[k3])]

@@ -1,0 +1,78 @@
+"""The batched IPVS writer renders exactly the messages of the single operations (no kernel needed)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from kr_core.net.netlink import HDR, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
+from kr_plugins.ipvs_proxy import ipvs as I
+from kr_plugins.ipvs_proxy.model import VirtualServer, VKey, VParams
+
+K4 = VKey(4, 6, "10.96.0.10", 80)
+K6 = VKey(6, 17, "fd00:96::a", 53)
+FAMILY_ID = 0x23
+
+
+def writer() -> I.Ipvs:
+    """An :class:`Ipvs` without a socket (``render`` never sends)."""
+    x = I.Ipvs.__new__(I.Ipvs)
+    x.enc, x.family_id, x.nl = I.Encoder(), FAMILY_ID, None
+    x._wbuf, x._dtails = bytearray(64), {}
+    return x
+
+
+def expected(ops: list[I.Op], base: int, batch: int) -> bytes:
+    """Every single operation as ``Encoder.op`` builds it, with its header; an ack on each batch's last."""
+    single = []
+    for op in ops:
+        if op[0] == I.ADD_VS:
+            single += [I.single_op(op, j) for j in range(1 + len(op[2].dests))]
+        else:
+            single.append(op)
+    enc, out = I.Encoder(), b""
+    for i, op in enumerate(single):
+        p = enc.op(op)
+        flags = NLM_F_REQUEST | (NLM_F_CREATE | NLM_F_EXCL if op[0] in (I.ADD_SVC, I.ADD_DEST) else 0)
+        if (i + 1) % batch == 0 or i + 1 == len(single):
+            flags |= NLM_F_ACK
+        out += HDR.pack(16 + len(p), FAMILY_ID, flags, base + i, 0) + p
+    return out
+
+
+OPS: list[I.Op] = [
+    (I.ADD_VS, K4, VirtualServer(K4, VParams("rr", 1, 300), {("10.244.1.1", 8080): (1, 0), ("10.244.1.2", 8080): (1, 0),
+                                                              ("10.244.1.3", 9090): (5, 2)})),
+    (I.DEL_DEST, K4, ("10.244.1.9", 8080)),
+    (I.ADD_VS, K6, VirtualServer(K6, VParams("mh", 8, 0), {("fd00:244::1", 53): (1, 0), ("fd00:244::2", 53): (1, 0)})),
+    (I.ADD_VS, VKey(4, 6, "10.96.0.11", 81), VirtualServer(VKey(4, 6, "10.96.0.11", 81), VParams(), {})),
+    (I.ADD_DEST, K4, ("10.244.1.4", 8080, 1, 0)),
+    (I.SET_SVC, K6, VParams("rr", 0, 0)),
+    (I.DEL_SVC, K4, None),
+]
+
+
+def test_batched_rendering_equals_the_single_messages() -> None:
+    assert I.message_count(OPS) == 12
+    assert writer().render(OPS, base_seq=100) == expected(OPS, 100, I.BATCH)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 5])
+def test_an_ack_ends_every_batch(monkeypatch: pytest.MonkeyPatch, batch: int) -> None:
+    monkeypatch.setattr(I, "BATCH", batch)
+    got = writer().render(OPS, base_seq=7)
+    assert got == expected(OPS, 7, batch)
+    off, acks = 0, []
+    while off < len(got):
+        ln, _t, fl = struct.unpack_from("=IHH", got, off)
+        acks.append(bool(fl & NLM_F_ACK))
+        off += ln
+    assert sum(acks) == -(-12 // batch)
+
+
+def test_single_op_maps_a_message_back_to_its_operation() -> None:
+    op = OPS[0]
+    assert I.single_op(op, 0) == (I.ADD_SVC, K4, VParams("rr", 1, 300))
+    assert I.single_op(op, 3) == (I.ADD_DEST, K4, ("10.244.1.3", 9090, 5, 2))
+    assert I.single_op(OPS[1], 0) is OPS[1]
