@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 PKGS=(
   iproute2 iptables ipset nftables libnftables1 conntrack kmod iputils-ping   # dataplane tools
   user-mode-linux ipvsadm                                                     # the VM for IPVS/ipip/dummy
+  linux-image-amd64 qemu-system-x86 busybox-static                            # the QEMU VM (fou, nftables ip/inet)
   gobgpd bird2                                                                # BGP daemons (routing, lab ext router)
   python3-venv
 )

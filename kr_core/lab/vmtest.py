@@ -10,9 +10,14 @@ marked ``@pytest.mark.vm`` and run in a VM with a Debian kernel::
         subprocess.run(["modprobe", "ip_vs", "ip_vs_rr"], check=True)   # load what you need
         ...
 
+    @pytest.mark.vm(kernel="qemu")   # needs Debian's amd64 kernel (fou tunnels, nftables ip/inet)
+    def test_fou_tunnel():
+        ...
+
 How it works: this module is a pytest plugin. On the host, after selection (``-k``, ``-m``,
-node ids), it takes all selected ``vm`` tests out of the run and puts **one** item in their
-place, ``::vm-tests``, that boots one VM and runs
+node ids), it takes all selected ``vm`` tests out of the run and puts **one** item per kernel in
+their place, ``::vm-tests`` (the default kernel) and ``::vm-tests-qemu`` (tests marked
+``kernel="qemu"`` when the default is UML), each of which boots one VM and runs
 ``<sys.executable> -m pytest -p no:cacheprovider -p kr_core.lab.vmtest ... <their node ids>``
 inside it from the rootdir (guest root, ``KR_IN_VM=1``; the plugin records the guest's
 failed node ids in ``$KR_VM_OUT``). That item passes when the guest pytest passes; it
@@ -30,8 +35,9 @@ Enabling the plugin (any one):
 Without the plugin, ``vm`` tests would run on the host; guard them with
 :data:`requires_vm` (``@requires_vm`` skips unless ``KR_IN_VM=1``) if that must not happen.
 
-Environment knobs (host side): ``KR_VM_KERNEL=qemu`` (default ``uml``; use qemu for
-nftables), ``KR_VM_TIMEOUT`` (seconds, default 900), ``KR_VM_SKIP=1`` (skip the VM tests).
+Environment knobs (host side): ``KR_VM_KERNEL=qemu`` (the default kernel, ``uml`` if unset:
+tests without a ``kernel=`` then run under QEMU too), ``KR_VM_TIMEOUT`` (seconds per VM,
+default 900), ``KR_VM_SKIP=1`` (skip the VM tests).
 
 Without the plugin, :func:`run_pytest_in_vm` runs any node ids in a VM and returns pytest's
 exit code, e.g. from a script or CI step::
@@ -50,9 +56,9 @@ from typing import IO, Any
 
 import pytest
 
-from kr_core.lab.vm import RC_NO_STATUS, RC_TIMEOUT, run_in_vm, vm_available
+from kr_core.lab.vm import KERNELS, RC_NO_STATUS, RC_TIMEOUT, run_in_vm, vm_available
 
-__all__ = ["in_vm", "requires_vm", "run_pytest_in_vm", "repo_root"]
+__all__ = ["in_vm", "item_kernel", "requires_vm", "run_pytest_in_vm", "repo_root"]
 
 IN_VM_ENV = "KR_IN_VM"
 _DONE = pytest.StashKey[bool]()
@@ -64,6 +70,20 @@ def in_vm() -> bool:
 
 
 requires_vm = pytest.mark.skipif(not in_vm(), reason="runs only inside the lab VM (KR_IN_VM=1)")
+
+
+def default_kernel() -> str:
+    """The kernel of ``vm`` tests that do not name one: ``$KR_VM_KERNEL``, else ``uml``."""
+    return os.environ.get("KR_VM_KERNEL") or "uml"
+
+
+def item_kernel(item: pytest.Item) -> str:
+    """The VM kernel a ``vm`` test needs: its marker's ``kernel=`` or :func:`default_kernel`."""
+    marker = item.get_closest_marker("vm")
+    kernel = (marker.kwargs.get("kernel") if marker is not None else None) or default_kernel()
+    if kernel not in KERNELS:
+        raise pytest.UsageError(f"{item.nodeid}: vm(kernel={kernel!r}): choose one of {', '.join(KERNELS)}")
+    return kernel
 
 
 def repo_root() -> Path:
@@ -120,17 +140,18 @@ def _read_failed(out_dir: Path) -> list[str]:
 
 
 class VmTestsItem(pytest.Item):
-    """One host-side item that runs the selected ``vm`` tests inside one VM."""
+    """One host-side item that runs the selected ``vm`` tests of one kernel inside one VM."""
 
-    def __init__(self, *, nodeids: Sequence[str], **kwargs: Any) -> None:
+    def __init__(self, *, nodeids: Sequence[str], kernel: str = "uml", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.nodeids = list(nodeids)
+        self.kernel = kernel
         self.add_marker(pytest.mark.vm)
 
     def runtest(self) -> None:
         if os.environ.get("KR_VM_SKIP") == "1":
             pytest.skip("KR_VM_SKIP=1")
-        kernel = os.environ.get("KR_VM_KERNEL", "uml")
+        kernel = self.kernel
         reason = vm_available(kernel)
         if reason:
             pytest.skip(f"{len(self.nodeids)} vm tests: {kernel} VM unavailable: {reason}")
@@ -166,17 +187,19 @@ class VmTestsItem(pytest.Item):
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
-        return self.path, None, f"vm-tests: {len(self.nodeids)} tests in a VM"
+        return self.path, None, f"{self.name}: {len(self.nodeids)} tests in a {self.kernel} VM"
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Register the ``vm`` marker."""
-    config.addinivalue_line("markers", "vm: runs inside the lab VM (kernel features this host lacks)")
+    config.addinivalue_line(
+        "markers", "vm(kernel='uml'|'qemu'): runs inside the lab VM (kernel features this host lacks)"
+    )
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On the host, replace the selected ``vm`` tests by one :class:`VmTestsItem`."""
+    """On the host, replace the selected ``vm`` tests by one :class:`VmTestsItem` per kernel."""
     if in_vm() or config.stash.get(_DONE, False):
         return
     config.stash[_DONE] = True
@@ -184,10 +207,19 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if not vm_items:
         return
     first = items.index(vm_items[0])
-    wrapper = VmTestsItem.from_parent(session, name="vm-tests", nodeids=[it.nodeid for it in vm_items])
+    groups: dict[str, list[str]] = {}
+    for it in vm_items:
+        groups.setdefault(item_kernel(it), []).append(it.nodeid)
+    default = default_kernel()
+    wrappers = [
+        VmTestsItem.from_parent(
+            session, name="vm-tests" if kernel == default else f"vm-tests-{kernel}", nodeids=ids, kernel=kernel
+        )
+        for kernel, ids in sorted(groups.items(), key=lambda kv: kv[0] != default)
+    ]
     chosen = set(map(id, vm_items))
     rest = [it for it in items if id(it) not in chosen]
-    rest.insert(first, wrapper)
+    rest[first:first] = wrappers
     items[:] = rest
 
 

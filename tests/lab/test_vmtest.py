@@ -71,6 +71,24 @@ def test_vm_tests_become_one_wrapper_item(tmp_path: Path) -> None:
     assert "1 passed, 1 skipped" in p.stdout and "KR_VM_SKIP=1" in p.stdout
 
 
+def test_one_wrapper_per_kernel(tmp_path: Path) -> None:
+    """``vm(kernel="qemu")`` tests get their own wrapper (their own VM); KR_VM_KERNEL=qemu merges them."""
+    (tmp_path / "test_q.py").write_text(
+        "import pytest\n\n@pytest.mark.vm(kernel='qemu')\ndef test_q():\n    pass\n"
+    )
+    p = run_demo(tmp_path, "--collect-only", "-q")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "::vm-tests\n" in p.stdout and "::vm-tests-qemu" in p.stdout, p.stdout
+    assert "test_q" not in p.stdout
+    p = run_demo(tmp_path, "--collect-only", "-q", KR_VM_KERNEL="qemu")
+    assert "::vm-tests\n" in p.stdout and "vm-tests-" not in p.stdout, p.stdout
+    p = run_demo(tmp_path, "-m", "vm", KR_VM_SKIP="1")
+    assert "2 skipped" in p.stdout, p.stdout
+    (tmp_path / "test_q.py").write_text("import pytest\n\n@pytest.mark.vm(kernel='xen')\ndef test_x():\n    pass\n")
+    p = run_demo(tmp_path, "--collect-only", "-q")
+    assert p.returncode != 0 and "vm(kernel='xen')" in p.stdout + p.stderr, p.stdout + p.stderr
+
+
 @needs_uml
 def test_wrapper_runs_them_in_one_vm_and_reports_failures(tmp_path: Path) -> None:
     p = run_demo(tmp_path)
