@@ -1,8 +1,8 @@
 """kube-router's proxy metrics (section 5 of the reference), registered in the agent's registry.
 
 Per-VIP IPVS counters are read from the kernel at scrape time (one service dump, stats included) by a
-collector, and labelled from a snapshot of which Service owns which virtual server that the plugin's
-worker replaces after each apply.
+collector, and labelled from the plugin's map of which Service owns which virtual server (handed over
+after each apply; only looked up, never iterated, by the scrape).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ SERVICE_METRICS = (
 
 class ServiceStatsCollector(Collector):
     def __init__(self, export_time: Histogram) -> None:
-        self.owners: dict[VKey, tuple[str, str]] = {}
+        self.owners: dict[VKey, str] = {}  # virtual server -> "namespace/name" of its Service
         self.export_time = export_time
 
     def collect(self) -> Iterator[Metric]:
@@ -58,7 +58,8 @@ class ServiceStatsCollector(Collector):
                         owner = owners.get(ks.key)
                         if owner is None or ks.key.fwmark:
                             continue
-                        labels = dict(zip(LABELS, (owner[0], owner[1], ks.key.addr,
+                        ns, _, name = owner.partition("/")
+                        labels = dict(zip(LABELS, (ns, name, ks.key.addr,
                                                    PROTO_NAMES.get(ks.key.proto, str(ks.key.proto)), str(ks.key.port)),
                                           strict=True))
                         for name, _doc, _typ, field in SERVICE_METRICS:
@@ -86,5 +87,7 @@ class ProxyMetrics:
         self.stats = ServiceStatsCollector(self.export_time)
         registry.register(self.stats)
 
-    def owners(self, owners: dict[VKey, tuple[str, str]]) -> None:
+    def owners(self, owners: dict[VKey, str]) -> None:
+        """Which Service ("namespace/name") owns each virtual server: the plugin's own map, read (never
+        copied: 10k entries per sync) by the collector at scrape time."""
         self.stats.owners = owners

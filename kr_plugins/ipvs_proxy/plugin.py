@@ -111,7 +111,8 @@ class Plugin:
         self.local: list[tuple[str, str]] | None = None  # local addresses read by this full sync's _node_info
         self.models: dict[str, ServiceModel] = {}
         self.owner: dict[VKey, str] = {}  # which Service's virtual server is authoritative for a key
-        self.wanted_by: dict[VKey, set[str]] = {}
+        # every Service that wants a key: its key ("namespace/name"), a set only when several do
+        self.wanted_by: dict[VKey, str | set[str]] = {}
         self.committed: Committed = {}
         self.foreign: dict[VKey, Any] = {}  # in the kernel, not ours (adopted only when a Service wants it)
         self.dirty: set[VKey] = set()  # failed applies: re-read from the kernel before the next diff
@@ -219,7 +220,7 @@ class Plugin:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp"
         with open(tmp, "w") as f:
-            json.dump(sorted(list(k) for k in keys), f, separators=(",", ":"))
+            f.write(json.dumps(sorted(keys), separators=(",", ":")))  # one write (json.dump writes per item)
         os.replace(tmp, path)
         self.owned_written = keys
 
@@ -367,10 +368,13 @@ class Plugin:
         for c in desired.conflicts:
             log.warning("conflict: %s", c)
         self.owner = {k: vs.service for k, vs in desired.vservers.items()}
-        self.wanted_by = {}
-        for m in self.models.values():
-            for k in m.vservers:
-                self.wanted_by.setdefault(k, set()).add(m.key)
+        self.wanted_by = dict(self.owner)  # one Service each, but where several want a key (conflicts)
+        if desired.conflicts:
+            for m in self.models.values():
+                for k in m.vservers:
+                    cur = self.wanted_by[k]
+                    if cur != m.key:
+                        self.wanted_by[k] = ({cur} if isinstance(cur, str) else cur) | {m.key}
         if reason == "periodic" or self.dirty:
             self._repair_drift(periodic=reason == "periodic")
         for k in list(self.foreign):
@@ -486,7 +490,7 @@ class Plugin:
         if self.metrics:
             self.metrics.services.set(len(self.committed))
             if owners_changed:  # O(virtual servers): not on the endpoint-change path
-                self.metrics.owners({k: tuple(s.split("/", 1)) for k, s in self.owner.items()})  # type: ignore[misc]
+                self.metrics.owners(self.owner)
 
     # ---------------------------------------------------------------------------------- VIPs and routes
     def _sync_vips(self, want: set[tuple[int, str]]) -> None:
@@ -503,10 +507,8 @@ class Plugin:
             log.error("VIP %s on %s: %s failed: %s", a, DUMMY, op, os.strerror(e))
         bad = {x for _, x, _ in errs}
         self.vips = (self.vips - set(delete)) | (set(add) - bad)
-        routes = self.host.vip_routes([x for x in add if x not in bad], self.node.ips, self.dummy_idx)
-        gone = self.host.vip_routes(delete, self.node.ips, self.dummy_idx)
-        if routes or gone:
-            self.host.apply_routes(routes, gone)
+        self.host.apply_vip_routes([x for x in add if x not in bad] if bad else add, delete, self.node.ips,
+                                   self.dummy_idx)
         log.info("%s: %d VIPs added, %d removed", DUMMY, len(add), len(delete))
 
     # ---------------------------------------------------------------------------------- firewall
@@ -601,19 +603,31 @@ class Plugin:
         else:
             self.models.pop(key, None)
         affected = set(old.vservers) | set(new.vservers)
+        wanted = self.wanted_by
         for k in old.vservers:
-            s = self.wanted_by.get(k)
-            if s:
+            s = wanted.get(k)
+            if s == key:
+                del wanted[k]
+            elif isinstance(s, set):
                 s.discard(key)
+                if len(s) <= 1:
+                    wanted[k] = next(iter(s)) if s else ""
         for k in new.vservers:
-            self.wanted_by.setdefault(k, set()).add(key)
+            s = wanted.get(k)
+            if not s:
+                wanted[k] = key
+            elif isinstance(s, set):
+                s.add(key)
+            elif s != key:
+                wanted[k] = {s, key}
         desired: dict[VKey, VirtualServer] = {}
         for k in affected:
-            owners = self.wanted_by.get(k)
-            if not owners:
-                self.wanted_by.pop(k, None)
+            w = wanted.get(k)
+            if not w:
+                wanted.pop(k, None)
                 self.owner.pop(k, None)
                 continue
+            owners = {w} if isinstance(w, str) else w
             o = self.owner.get(k)
             if o not in owners:
                 o = min(owners)

@@ -1,4 +1,4 @@
-"""The batched IPVS writer renders exactly the messages of the single operations (no kernel needed)."""
+"""Batched IPVS writer and VIP message templates render exactly the reference messages (no kernel needed)."""
 
 from __future__ import annotations
 
@@ -76,3 +76,20 @@ def test_single_op_maps_a_message_back_to_its_operation() -> None:
     assert I.single_op(op, 0) == (I.ADD_SVC, K4, VParams("rr", 1, 300))
     assert I.single_op(op, 3) == (I.ADD_DEST, K4, ("10.244.1.3", 9090, 5, 2))
     assert I.single_op(OPS[1], 0) is OPS[1]
+
+
+@pytest.mark.parametrize("family,addr,src", [(4, "10.96.3.4", "192.168.60.1"), (6, "fd00:96::1:2", "fd00:50::1"),
+                                             (6, "fd00:96::7", None)])
+@pytest.mark.parametrize("ack", [False, True])
+def test_vip_templates_equal_the_reference_encoders(family: int, addr: str, src: str | None, ack: bool) -> None:
+    import socket
+
+    from kr_core.net.links import encode_route
+    from kr_plugins.ipvs_proxy import host as H
+
+    raw = socket.inet_pton(socket.AF_INET if family == 4 else socket.AF_INET6, addr)
+    for op in ("add", "del"):
+        assert H.addr_encoder(op, family, 7)(raw, 4242, ack) == H.encode_addr(op, family, addr, 7, 4242, ack)
+    for op in ("replace", "delete"):
+        want = encode_route(H._vip_route(family, addr, src, 7), op, 99, ack=ack)
+        assert H.vip_route_encoder(op, family, src, 7)(raw, 99, ack) == want
