@@ -15,7 +15,6 @@ hop in table 77; otherwise no kernel route. Withdrawn routes are deleted, unused
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import ipaddress
 import logging
 import queue
@@ -32,6 +31,8 @@ from kr_core.net.links import RTPROT_ZEBRA, Route, apply_routes
 
 from .naming import tunnel_name
 from .speaker import LearnedPath, Speaker
+from .tunnels import fou_port_command, fou_port_open, gue_port, load_fou_modules, tunnel_command, tunnel_matches
+from .tunnels import vxlan_vni as vxlan_vni  # re-exported: callers import it from here
 
 log = logging.getLogger("kr.bgp_routing.injector")
 
@@ -76,11 +77,6 @@ def decide(next_hop: str, cfg: InjectConfig) -> str:
     if cfg.enable_overlay and (cfg.overlay_type == "full" or not same):
         return "tunnel"
     return "via" if same else "none"
-
-
-def vxlan_vni(a: str, b: str) -> int:
-    """The same VNI on both ends of a point-to-point vxlan tunnel (Linux refuses two devices with one VNI)."""
-    return int(hashlib.sha256("|".join(sorted((a, b))).encode()).hexdigest()[:6], 16) or 1
 
 
 @dataclass
@@ -423,25 +419,39 @@ class Injector:
             return None
         return int(r.stdout.split(":", 1)[0])
 
+    def _link_details(self, name: str) -> tuple[int | None, list[str]]:
+        """Index and ``ip -d -o link show`` words of link ``name``; ``(None, [])`` when there is none."""
+        r = self._ip("-d", "-o", "link", "show", "dev", name, check=False)
+        if r.returncode != 0 or ":" not in r.stdout:
+            return None, []
+        return int(r.stdout.split(":", 1)[0]), r.stdout.split()
+
     def _ensure_tunnel(self, name: str, remote: str, local: str, cfg: InjectConfig) -> int | None:
-        idx = self._link_index(name)
-        if idx is not None and self.tunnels.get(name) == remote:
+        """The index of tunnel ``name`` to ``remote``, created (and up) if missing. A link of that name that is
+        not the tunnel ``cfg`` asks for (other encapsulation or port, other end points: ``--overlay-encap``
+        changed, a new node IP, a previous run with other flags) is deleted and created anew, as kube-router
+        does; the GUE port it used is closed when the encapsulation no longer uses it."""
+        idx, words = self._link_details(name)
+        if idx is not None and tunnel_matches(words, remote, local, cfg.encap, cfg.encap_port):
+            self.tunnels[name] = remote
+            if "UP" not in words[2].strip("<>").split(","):
+                self._ip("link", "set", name, "up", check=False)
             return idx
-        if idx is not None:
-            self._ip("link", "del", name, check=False)
         v6 = ":" in remote
-        if cfg.encap == "vxlan":
-            cmd = ["link", "add", name, "type", "vxlan", "id", str(vxlan_vni(local, remote)), "remote", remote,
-                   "local", local, "dstport", "4789"]
-        elif cfg.encap == "fou":
-            self._ip("fou", "add", "port", str(cfg.encap_port), "gue", *(["-6"] if v6 else []), check=False)
-            cmd = ["link", "add", name, "type", "ip6tnl" if v6 else "ipip", "remote", remote, "local", local,
-                   "ttl", "225", "encap", "gue", "encap-sport", "auto", "encap-dport", str(cfg.encap_port),
-                   "mode", "ip6ip6" if v6 else "ipip"]
-        else:
-            cmd = ["link", "add", name, "type", "ip6tnl" if v6 else "ipip", "remote", remote, "local", local,
-                   *(["mode", "ip6ip6"] if v6 else []), "ttl", "225"]
-        r = self._ip(*cmd, check=False)
+        if idx is not None:
+            log.info("tunnel %s to %s: not a %s tunnel from %s (port %s); recreating it", name, remote, cfg.encap,
+                     local, cfg.encap_port)
+            self._ip("link", "del", name, check=False)
+            old_port = gue_port(words)
+            if old_port is not None and (cfg.encap != "fou" or old_port != cfg.encap_port):
+                self._ip(*fou_port_command(old_port, v6, "del"), check=False)
+        if cfg.encap == "fou":
+            load_fou_modules()
+            r = self._ip(*fou_port_command(cfg.encap_port, v6), check=False)
+            if r.returncode != 0 and not fou_port_open(self._ip("fou", "show", check=False).stdout,
+                                                       cfg.encap_port, v6):
+                log.warning("GUE port %d (IPv%d) not opened: %s", cfg.encap_port, 6 if v6 else 4, r.stderr.strip())
+        r = self._ip(*tunnel_command(name, remote, local, cfg.encap, cfg.encap_port), check=False)
         if r.returncode != 0:
             log.error("tunnel %s to %s (%s): %s", name, remote, cfg.encap, r.stderr.strip())
             return None
