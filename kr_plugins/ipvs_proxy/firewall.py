@@ -117,9 +117,11 @@ class Firewall:
         ``sendmsg``); a set the netlink path cannot encode or that the kernel refused goes through one
         ``ipset restore`` (:func:`kr_core.net.ipset.render_sync`), which also reports the tool's error."""
         sets = list(sets)
+        want: dict[str, set[str]] = {}
         for s in sets:
             self.set_types[s.kernel_name] = (s.type, s.family)
-        changed = [s for s in sets if self.sets.get(s.kernel_name) != set(s.entries)]
+            want[s.kernel_name] = set(s.entries)  # made once: compared, then kept as what the kernel has
+        changed = [s for s in sets if self.sets.get(s.kernel_name) != want[s.kernel_name]]
         if not changed:
             return False
         fallback = changed
@@ -136,7 +138,7 @@ class Firewall:
             self.ipset.sync(fallback)
         self.writes += 1
         for s in changed:
-            self.sets[s.kernel_name] = set(s.entries)
+            self.sets[s.kernel_name] = want[s.kernel_name]
         return True
 
     def update_members(self, add: Iterable[tuple[str, str]], delete: Iterable[tuple[str, str]]) -> bool:

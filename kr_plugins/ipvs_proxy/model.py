@@ -25,9 +25,10 @@ differs:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -179,10 +180,12 @@ class ServiceModel:
     key: str
     vservers: dict[VKey, VirtualServer] = field(default_factory=dict)
     vips: set[tuple[int, str]] = field(default_factory=set)  # (family, addr) for kube-dummy-if
-    hairpin: list[HairpinRule] = field(default_factory=list)
-    source_ranges: list[SourceRangeRule] = field(default_factory=list)
+    # hairpin rules, source-range filters and problems are () when there are none (most Services): no
+    # three empty lists per Service
+    hairpin: Sequence[HairpinRule] = ()
+    source_ranges: Sequence[SourceRangeRule] = ()
     healthcheck: tuple[int, int] | None = None  # (healthCheckNodePort, local ready endpoints)
-    problems: list[str] = field(default_factory=list)
+    problems: Sequence[str] = ()
     skipped: str = ""  # why the Service is not served at all ("" when served)
 
     def svip(self) -> set[tuple[int, str]]:
@@ -251,6 +254,12 @@ def parse_scheduler(svc: Service, problems: list[str]) -> VParams:
             timeout = DEFAULT_AFFINITY_TIMEOUT
     elif svc.session_affinity not in ("None", ""):
         problems.append(f"sessionAffinity {svc.session_affinity!r} unknown, treated as None")
+    return _params(sched, flags, timeout)
+
+
+@functools.lru_cache(maxsize=1024)
+def _params(sched: str, flags: int, timeout: int) -> VParams:
+    """One shared :class:`VParams` per distinct value (10k Services have a handful)."""
     return VParams(sched, flags, timeout)
 
 
@@ -348,7 +357,7 @@ def build_service(svc: Service, slices: Iterable[EndpointSlice], node: NodeInfo,
     m.skipped = skip_reason(svc)
     if m.skipped:
         return m
-    problems = m.problems
+    problems: list[str] = []
     ann = svc.meta.annotations
     params = parse_scheduler(svc, problems)
     if ANN_DSR in ann:
@@ -399,20 +408,35 @@ def build_service(svc: Service, slices: Iterable[EndpointSlice], node: NodeInfo,
     eps_by, hints = collect_endpoints(svc, slices, node, problems)
     any_local = itp_local or etp_local
     hc_local: set[str] = set()
+    hairpins: list[HairpinRule] = []
+    source_ranges: list[SourceRangeRule] = []
+    done: dict[tuple[str, str, int], tuple[dict[DKey, DVal], list[DKey]]] = {}
     for sp in svc.ports:
         proto = PROTOCOLS.get(sp.protocol)
         if proto is None:
             problems.append(f"port {sp.name or sp.port}: protocol {sp.protocol!r} not supported by IPVS")
             continue
         for fam in opts.families:
-            bucket = eps_by.get((sp.name, sp.protocol, fam))
-            eps = topology_filter(svc, usable(bucket), hints, node) if bucket else []
-            local_eps = [d for d in eps if bucket[d] & EP_LOCAL] if bucket else []  # type: ignore[index]
-            if local_eps:
-                hc_local.update(d[0] for d in local_eps if bucket[d] & EP_READY)  # type: ignore[index]
             # one dict per (port, family), shared by the virtual servers using it (never mutated: the
             # committed state copies on write), one value tuple for all: less to allocate on a cold sync
-            all_d = dict.fromkeys(eps, DEST_VAL)
+            bkey = (sp.name, sp.protocol, fam)
+            bucket = eps_by.get(bkey)
+            if not bucket:
+                all_d, local_eps = {}, []
+            elif bkey in done:  # two Service ports with one name and protocol (invalid): the same endpoints
+                all_d, local_eps = done[bkey]
+            else:
+                eps = topology_filter(svc, usable(bucket), hints, node)
+                local_eps = [d for d in eps if bucket[d] & EP_LOCAL]
+                if local_eps:
+                    hc_local.update(d[0] for d in local_eps if bucket[d] & EP_READY)
+                if len(eps) == len(bucket):  # every endpoint is used: the bucket becomes the dict itself
+                    for d in eps:
+                        bucket[d] = DEST_VAL  # type: ignore[assignment]
+                    all_d = bucket  # type: ignore[assignment]
+                else:
+                    all_d = dict.fromkeys(eps, DEST_VAL)
+                done[bkey] = (all_d, local_eps)
             local_d = dict.fromkeys(local_eps, DEST_VAL) if any_local else all_d
 
             def add(kind: str, addr: str, port: int, dests: dict[DKey, DVal], local_only: bool,
@@ -439,19 +463,23 @@ def build_service(svc: Service, slices: Iterable[EndpointSlice], node: NodeInfo,
                     add(LOADBALANCER, ip, sp.port, local_d if etp_local else all_d, etp_local)
                     if svc.load_balancer_source_ranges:
                         rs = tuple(r for r in src_ranges if ip_family(r.split("/")[0]) == fam)
-                        m.source_ranges.append(SourceRangeRule(fam, ip, proto, sp.port, rs, skey))
+                        source_ranges.append(SourceRangeRule(fam, ip, proto, sp.port, rs, skey))
             if hairpin:
                 for d in local_eps:
                     vips = [ip for f, ip in cluster_ips if f == fam]
                     if hairpin_ext:
                         vips += [ip for f, ip in external if f == fam]
-                    m.hairpin += [HairpinRule(fam, v, sp.port, d[0]) for v in vips]
+                    hairpins += [HairpinRule(fam, v, sp.port, d[0]) for v in vips]
                     if sp.node_port and svc.type in ("NodePort", "LoadBalancer"):
-                        m.hairpin += [HairpinRule(fam, v, sp.node_port, d[0]) for v in node_addrs.get(fam, ())]
+                        hairpins += [HairpinRule(fam, v, sp.node_port, d[0]) for v in node_addrs.get(fam, ())]
     if svc.health_check_node_port and etp_local and svc.type == "LoadBalancer":
         m.healthcheck = (svc.health_check_node_port, len(hc_local))
-    if m.hairpin:
-        m.hairpin = sorted(set(m.hairpin))
+    if hairpins:
+        m.hairpin = sorted(set(hairpins))
+    if source_ranges:
+        m.source_ranges = source_ranges
+    if problems:
+        m.problems = problems
     return m
 
 

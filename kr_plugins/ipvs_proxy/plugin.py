@@ -49,6 +49,7 @@ from .ipvs import DEL_DEST, DEL_SVC, Ipvs, IpvsError, Op, message_count
 from .metrics import ProxyMetrics
 from .model import (
     LABEL_ZONE,
+    PROTO_NAMES,
     SCHEDULERS,
     Desired,
     NodeInfo,
@@ -220,7 +221,7 @@ class Plugin:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp"
         with open(tmp, "w") as f:
-            f.write(json.dumps(sorted(keys), separators=(",", ":")))  # one write (json.dump writes per item)
+            f.write(json.dumps(list(keys), separators=(",", ":")))  # one write (json.dump writes per item); unsorted
         os.replace(tmp, path)
         self.owned_written = keys
 
@@ -513,9 +514,28 @@ class Plugin:
 
     # ---------------------------------------------------------------------------------- firewall
     def _set_entries(self, desired_models: list[ServiceModel]) -> dict[str, Counter[str]]:
+        """How many Services want each member of the VIP sets. A Service with one virtual server (most of
+        them) is counted inline, without the two per-Service sets of :meth:`_add_set_refs`."""
         out: dict[str, Counter[str]] = {}
+        names = {f: (R.kernel_set(R.SET_SVIP, f), R.kernel_set(R.SET_SVIP_PRT, f)) for f in (4, 6)}
         for m in desired_models:
-            self._add_set_refs(out, m, 1)
+            vs = m.vservers
+            if len(vs) != 1:
+                self._add_set_refs(out, m, 1)
+                continue
+            for k in vs:
+                if k.fwmark:
+                    continue
+                n1, n2 = names[k.family]
+                c = out.get(n1)
+                if c is None:
+                    c = out[n1] = Counter()
+                c[k.addr] = c.get(k.addr, 0) + 1
+                e = f"{k.addr},{PROTO_NAMES[k.proto]}:{k.port}"
+                c = out.get(n2)
+                if c is None:
+                    c = out[n2] = Counter()
+                c[e] = c.get(e, 0) + 1
         return out
 
     @staticmethod

@@ -249,7 +249,7 @@ def test_ac_p10_hairpin_model():
     m2 = build_service(s2, [eps("svc-1", [ep("10.244.2.23")])], NODE, OPTS)
     assert {(r.vip, r.port) for r in m2.hairpin} == {("10.42.13.240", 80), ("10.0.0.1", 30080)}
     assert build_service(s.__class__.from_json({"metadata": {"name": "n", "namespace": "d"},
-                                                "spec": {"clusterIP": "10.1.1.1"}}), [], NODE, OPTS).hairpin == []
+                                                "spec": {"clusterIP": "10.1.1.1"}}), [], NODE, OPTS).hairpin == ()
     assert build_service(s2, [eps("svc-1", [ep("10.244.2.23")])], NODE, Options()).hairpin
     plain = svc(cluster_ip="10.42.13.241")
     assert build_service(plain, [eps("svc-1", [ep("10.244.2.23")])], NODE, Options(hairpin_mode=True)).hairpin
@@ -277,3 +277,21 @@ def test_desired_aggregation_and_conflicts():
     assert len(d.conflicts) == 1 and "default/b" in d.conflicts[0]
     assert d.svip(4) == {"10.96.0.1", "10.96.0.2", "1.1.1.1"}
     assert "1.1.1.1,tcp:8080" in d.svip_prt(4)
+
+
+def test_destination_dicts_share_nothing_mutable_across_ports_and_policies():
+    """Two Service ports with one name and protocol (invalid, but seen) get the same endpoints; a Local
+    policy's dict holds only the local ones; a filtered port (terminating endpoints dropped) keeps the
+    ready ones only. Every destination value is the weight/method pair, never an endpoint flag."""
+    s = svc(ports=[{"name": "p", "port": 80, "protocol": "TCP", "nodePort": 30080},
+                   {"name": "p", "port": 81, "protocol": "TCP", "nodePort": 30081}],
+            type="NodePort", externalTrafficPolicy="Local")
+    sl = eps("svc-1", [ep("10.244.1.1"), ep("10.244.2.1", "node-2"), ep("10.244.2.2", "node-2", ready=False,
+                                                                        serving=True, terminating=True)],
+             ports=[{"name": "p", "port": 8080, "protocol": "TCP"}])
+    m = build_service(s, [sl], NODE, OPTS)
+    by = {(k.port, vs.kind): vs.dests for k, vs in m.vservers.items()}
+    want_all = {("10.244.1.1", 8080): (1, 0), ("10.244.2.1", 8080): (1, 0)}
+    assert by[(80, "cluster")] == by[(81, "cluster")] == want_all
+    local = [d for (port, kind), d in by.items() if kind == "nodeport"]
+    assert len(local) == 2 and all(d == {("10.244.1.1", 8080): (1, 0)} for d in local)

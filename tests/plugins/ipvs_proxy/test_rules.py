@@ -100,3 +100,28 @@ def test_firewall_and_snat_chains_golden():
     golden("chains.txt", text)
     assert fw6[-2][-1] == "RETURN" and fw4[-2][-1] == "ACCEPT"
     assert rules.snat_rules(4, "", [], False) == []
+
+
+def test_set_refs_count_each_service_once_per_member():
+    """The plugin's inline count for one-server Services equals the per-Service sets of the general path."""
+    from collections import Counter
+
+    from kr_plugins.ipvs_proxy.model import ServiceModel
+    from kr_plugins.ipvs_proxy.plugin import Plugin
+
+    from .fixtures import NODE_DS, OPTS_DS
+
+    models = [build_service(svc("a", cluster_ip="10.96.0.1"), [], NODE, OPTS),
+              build_service(svc("b", cluster_ip="10.96.0.1", ports=[{"name": "x", "port": 53, "protocol": "UDP"}]),
+                            [], NODE, OPTS),
+              build_service(svc("c", cluster_ip=["10.96.0.3", "fd00::3"], externalIPs=["1.1.1.1"],
+                                ports=[{"name": "x", "port": 53, "protocol": "UDP"},
+                                       {"name": "y", "port": 53, "protocol": "TCP"}]), [], NODE_DS, OPTS_DS),
+              build_service(svc("d", cluster_ip="fd00::4"), [], NODE_DS, OPTS_DS),
+              ServiceModel(key="e/skipped", skipped="headless")]
+    slow: dict[str, Counter[str]] = {}
+    for m in models:
+        Plugin._add_set_refs(slow, m, 1)
+    fast = Plugin()._set_entries(models)
+    assert {n: +c for n, c in fast.items()} == {n: +c for n, c in slow.items()}
+    assert fast["kube-router-svip"]["10.96.0.1"] == 2 and fast["inet6:kube-router-svip"]["fd00::4"] == 1
