@@ -28,6 +28,7 @@ from typing import Any
 
 from kr_core.net.netlink import (
     HDR,
+    NLA_F_NESTED,
     NLM_F_ACK,
     NLM_F_CREATE,
     NLM_F_EXCL,
@@ -35,7 +36,6 @@ from kr_core.net.netlink import (
     NetlinkError,
     NetlinkSocket,
     iter_attrs,
-    nest,
     nla,
 )
 
@@ -105,33 +105,52 @@ class Encoder:
     """Builds IPVS request payloads (genl header + attributes), with caches for the repeated parts."""
 
     def __init__(self) -> None:
-        self._keys: dict[VKey, bytes] = {}
         self._tails: dict[tuple[int, int, int], tuple[bytes, bytes]] = {}
         self._ports: dict[int, bytes] = {}
+        self._key_heads: dict[tuple[int, int], bytes] = {}  # (family, proto) -> AF + PROTOCOL + ADDR header
+        self._svc_ports: dict[int, bytes] = {}
+        self._svc_tails: dict[tuple[int, VParams], bytes] = {}
 
     def genl(self, cmd: int) -> bytes:
         return struct.pack("=BBH", cmd, GENL_VERSION, 0)
 
     def key_attrs(self, k: VKey) -> list[bytes]:
+        """The service key attributes, one by one (the reference for :meth:`key_bytes`)."""
         if k.fwmark:
             return [nla(SVC_AF, _U16.pack(AF[k.family])), nla(SVC_FWMARK, _U32.pack(k.fwmark))]
         return [nla(SVC_AF, _U16.pack(AF[k.family])), nla(SVC_PROTOCOL, _U16.pack(k.proto)),
                 nla(SVC_ADDR, _pack_ip(k.addr, k.family)), nla(SVC_PORT, _BE16.pack(k.port))]
 
+    def key_bytes(self, k: VKey) -> bytes:
+        """:meth:`key_attrs` joined, from cached parts: only the address is packed per key."""
+        if k.fwmark:
+            return b"".join(self.key_attrs(k))
+        fam = k.family
+        head = self._key_heads.get((fam, k.proto))
+        if head is None:
+            head = self._key_heads[(fam, k.proto)] = (nla(SVC_AF, _U16.pack(AF[fam])) + nla(SVC_PROTOCOL, _U16.pack(k.proto))
+                                                      + _HH.pack(4 + (4 if fam == 4 else 16), SVC_ADDR))
+        port = self._svc_ports.get(k.port)
+        if port is None:
+            port = self._svc_ports[k.port] = nla(SVC_PORT, _BE16.pack(k.port))
+        return head + socket.inet_pton(AF[fam], k.addr) + port
+
     def key_nest(self, k: VKey) -> bytes:
-        b = self._keys.get(k)
-        if b is None:
-            if len(self._keys) > 200_000:
-                self._keys.clear()
-            b = self._keys[k] = nest(ATTR_SERVICE, self.key_attrs(k))
-        return b
+        b = self.key_bytes(k)
+        return _HH.pack(4 + len(b), ATTR_SERVICE | NLA_F_NESTED) + b
 
     def service(self, k: VKey, p: VParams) -> bytes:
-        netmask = 0xFFFFFFFF if k.family == 4 else 128
-        return nest(ATTR_SERVICE, [
-            *self.key_attrs(k), nla(SVC_SCHED_NAME, p.sched.encode() + b"\0"),
-            nla(SVC_FLAGS, struct.pack("=II", p.flags, 0xFFFFFFFF)), nla(SVC_TIMEOUT, _U32.pack(p.timeout)),
-            nla(SVC_NETMASK, struct.pack("!I", netmask) if k.family == 4 else _U32.pack(netmask))])
+        """The full ATTR_SERVICE nest (add/set): the key, then scheduler, flags, timeout, netmask (cached
+        per family and parameters)."""
+        tail = self._svc_tails.get((k.family, p))
+        if tail is None:
+            netmask = 0xFFFFFFFF if k.family == 4 else 128
+            tail = self._svc_tails[(k.family, p)] = b"".join([
+                nla(SVC_SCHED_NAME, p.sched.encode() + b"\0"), nla(SVC_FLAGS, struct.pack("=II", p.flags, 0xFFFFFFFF)),
+                nla(SVC_TIMEOUT, _U32.pack(p.timeout)),
+                nla(SVC_NETMASK, struct.pack("!I", netmask) if k.family == 4 else _U32.pack(netmask))])
+        b = self.key_bytes(k)
+        return _HH.pack(4 + len(b) + len(tail), ATTR_SERVICE | NLA_F_NESTED) + b + tail
 
     def dest(self, family: int, addr: str, port: int, weight: int | None = None, fwd: int = 0) -> bytes:
         """The ATTR_DEST nest: full (add/set) when ``weight`` is given, the key only (delete) otherwise."""
@@ -256,14 +275,17 @@ class _BatchWriter:
         conv = socket.inet_aton if fam == 4 else functools.partial(socket.inet_pton, socket.AF_INET6)
         key_prefix = enc.genl(CMD_NEW_DEST) + enc.key_nest(k)
         flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL
-        cur = None
-        st = None
+        cur_port, cur_val = -1, None
+        pack = None
         head = prefix = tail = b""
         size = 0
+        batch = BATCH
+        # the writer's state in locals for the loop (attribute traffic per destination was a third of it)
+        buf, off, n, seq, last = self.buf, self.off, self.n, self.seq, self.last_off
+        cap = len(buf)
         for (addr, port), val in dests.items():
-            tk = (port, val)
-            if tk != cur:
-                cur = tk
+            if port != cur_port or (val is not cur_val and val != cur_val):
+                cur_port, cur_val = port, val
                 t = tails.get((fam, port, val))
                 if t is None:
                     dhead, dtail = enc.dest_parts(fam, val[0], val[1])
@@ -271,18 +293,21 @@ class _BatchWriter:
                 prefix = key_prefix + t[0]
                 tail = t[1]
                 size = 16 + len(prefix) + alen + len(tail)
-                st = _msg_struct(len(prefix), alen, len(tail))
+                pack = _msg_struct(len(prefix), alen, len(tail)).pack_into
                 head = struct.pack("=IH", size, self.fam_id)
-            if self.n >= BATCH or self.off + size > len(self.buf):
+            if n >= batch or off + size > cap:
+                self.off, self.n, self.seq, self.last_off = off, n, seq, last
                 self._room(size)
-            seq = self.seq
-            self.seq = seq + 1
-            if self.n == 0:
+                buf, off, n = self.buf, self.off, self.n
+                cap = len(buf)
+            if n == 0:
                 self.first_seq = seq
-            st.pack_into(self.buf, self.off, head, flags, seq, prefix, conv(addr), tail)  # type: ignore[union-attr]
-            self.last_off = self.off
-            self.off += size
-            self.n += 1
+            pack(buf, off, head, flags, seq, prefix, conv(addr), tail)  # type: ignore[misc]
+            last = off
+            off += size
+            n += 1
+            seq += 1
+        self.off, self.n, self.seq, self.last_off = off, n, seq, last
 
     def flush(self) -> None:
         """Send what is buffered (ack requested on its last message) and wait for that ack."""

@@ -93,3 +93,18 @@ def test_vip_templates_equal_the_reference_encoders(family: int, addr: str, src:
     for op in ("replace", "delete"):
         want = encode_route(H._vip_route(family, addr, src, 7), op, 99, ack=ack)
         assert H.vip_route_encoder(op, family, src, 7)(raw, 99, ack) == want
+
+
+@pytest.mark.parametrize("k", [K4, K6, VKey(4, 132, "10.96.0.1", 36412), VKey(6, 0, "", 0, 7)])
+@pytest.mark.parametrize("params", [VParams(), VParams("mh", 0x9, 300)])
+def test_cached_service_parts_equal_the_attribute_by_attribute_encoding(k: VKey, params: VParams) -> None:
+    from kr_core.net.netlink import nest, nla
+
+    enc = I.Encoder()
+    for _ in range(2):  # cold and cached
+        assert enc.key_nest(k) == nest(I.ATTR_SERVICE, enc.key_attrs(k))
+        netmask = struct.pack("!I", 0xFFFFFFFF) if k.family == 4 else struct.pack("=I", 128)
+        assert enc.service(k, params) == nest(I.ATTR_SERVICE, [
+            *enc.key_attrs(k), nla(I.SVC_SCHED_NAME, params.sched.encode() + b"\0"),
+            nla(I.SVC_FLAGS, struct.pack("=II", params.flags, 0xFFFFFFFF)),
+            nla(I.SVC_TIMEOUT, struct.pack("=I", params.timeout)), nla(I.SVC_NETMASK, netmask)])
