@@ -61,6 +61,7 @@ from .peers import BfdConfig, PeerConfig, bfd_problem, peers_from_annotations, p
 from .policy import EXPORT_POLICY, IMPORT_POLICY, DefinedSet, PolicyInputs, VersionedPolicy, build, diff_sets
 from .speaker import PeerStatus, Speaker
 from .stubs import StubsError, load
+from .tunnels import DEFAULT_GUE_PORT, fou_port_command
 from .vips import AdvertiseFlags, VipDecision, service_vips, vip_prefix
 
 __version__ = "0.1.0"
@@ -255,7 +256,7 @@ class Plugin:
 
     @hookimpl
     def cleanup(self) -> None:
-        """Remove routes (proto zebra), tunnels, ip rules, iptables rules and ipsets this plugin installs."""
+        """Remove routes (proto zebra), tunnels, GUE ports, ip rules, iptables rules and ipsets this plugin installs."""
         run = kr_netns.run
         for fam in ("-4", "-6"):
             for table in ("main", "77"):
@@ -265,6 +266,9 @@ class Plugin:
             parts = line.split(":")
             if len(parts) > 1 and parts[1].strip().split("@")[0].startswith(TUNNEL_PREFIX):
                 run(self.netns, ["ip", "link", "del", parts[1].strip().split("@")[0]], check=False)
+        port = self.ctx.settings.overlay_encap_port if self.ctx else DEFAULT_GUE_PORT
+        for v6 in (False, True):  # the GUE receive ports FoU tunnels opened (--overlay-encap=fou)
+            run(self.netns, ["ip", *fou_port_command(port, v6, "del")], check=False)
         for fam in ("-4", "-6"):
             for _ in range(64):
                 if run(self.netns, ["ip", fam, "rule", "del", "table", "77"], check=False).returncode != 0:

@@ -28,6 +28,7 @@ ENCAPS = ("ipip", "fou", "vxlan")
 TUNNEL_TTL = "225"  # kube-router's
 VXLAN_PORT = "4789"
 FOU_MODULES = ("fou", "fou6")
+DEFAULT_GUE_PORT = 5555  # --overlay-encap-port
 
 
 def vxlan_vni(a: str, b: str) -> int:

@@ -6,7 +6,7 @@ plugin's real tunnel code: tunnel device, GUE receive port, route via the tunnel
 gets the other node's pod CIDRs as learned BGP paths, IPv4 and IPv6. The pods then ping each other, and the
 router's nftables counters show what crossed it: UDP to the GUE port, never plain ipip/ip6ip6, never a pod
 address. Switching ``--overlay-encap`` to ipip recreates the tunnels without GUE; a withdrawal removes the
-route and the tunnel. BGP itself is tested elsewhere (test_bgp_vm.py runs ipip with gobgpd in the UML VM).
+route and the tunnel; the plugin's cleanup removes tunnels and GUE ports. BGP itself is tested elsewhere (test_bgp_vm.py runs ipip with gobgpd in the UML VM).
 
 Python runs ~50x slower under QEMU/TCG than on the host: one pytest process, few ``ip`` calls (batches).
 """
@@ -208,3 +208,18 @@ def test_fou_overlay_between_pods_on_two_subnets(two_subnets: None) -> None:
     assert tun4 not in links and tun6 not in links, links
     assert b["cidr4"] not in out(A, "ip", "route") and out(A, "ip", "route", "show", "table", "77").strip() == ""
     assert ping(PA, b["pod4"], count=1).returncode != 0
+
+    # learned again with fou: GUE tunnels (from plain ipip ones: none left here) and ports come back; the
+    # plugin's cleanup (kr cleanup) removes routes, tunnels and the GUE ports
+    injectors[A].configure(config(a, "fou"))
+    injectors[A]._apply(paths(b), redo=False, resync=False)
+    assert "encap gue" in out(A, "ip", "-d", "link", "show", tun6)
+    assert f"port {PORT} gue -6" in out(A, "ip", "fou", "show")
+    from kr_plugins.bgp_routing.plugin import Config, Plugin
+
+    plugin = Plugin()
+    plugin.cfg = Config(netns=A)
+    plugin.cleanup()
+    assert "tun-" not in out(A, "ip", "-o", "link", "show")
+    assert out(A, "ip", "fou", "show", check=False).strip() == ""
+    assert "proto 17" not in out(A, "ip", "-d", "route") + out(A, "ip", "-d", "-6", "route")
