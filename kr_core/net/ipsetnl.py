@@ -17,10 +17,12 @@ Encoded set types: ``hash:ip``, ``hash:ip,port`` (``10.0.0.1,tcp:80``; ``10.0.0.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import socket
 import struct
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -194,7 +196,7 @@ class IpsetNl:
         return self._revisions[key]
 
     # ------------------------------------------------------------------------------------------ writes
-    def _send(self, msgs: Sequence[tuple[int, int, bytes]]) -> dict[int, int]:
+    def _send(self, msgs: Sequence[tuple[int, int, bytes]] | _Fill) -> dict[int, int]:
         """Send ``(type, flags, payload)`` messages in batches; ``{index: errno}`` of the refused ones."""
 
         def build(i: int, seq: int, ack: bool) -> bytes:
@@ -209,7 +211,7 @@ class IpsetNl:
         A set whose entries or type cannot be encoded, or that the kernel refused at any step, is left as it
         was and returned in :attr:`SyncResult.failed` (its temporary set destroyed)."""
         res = SyncResult([], [])
-        fill: list[tuple[int, int, bytes]] = []
+        fill = _Fill()
         spans: list[tuple[IpSet, int, int]] = []  # (set, first message index, end) of each set's fill
         for s in sets:
             tmp = temp_name(s.kernel_name)
@@ -218,16 +220,19 @@ class IpsetNl:
                     raise ValueError(f"set type {s.type} not encoded here")
                 af = AF[s.family]
                 add_head = _head(af, _name(IPSET_ATTR_SETNAME, tmp))
-                adds = [(_mtype(IPSET_CMD_ADD), 0, add_head + encode_entry(s.type, s.family, e))
-                        for e in sorted(set(s.entries))]
-                adds += [(_mtype(IPSET_CMD_ADD), 0, add_head + encode_entry(s.type, s.family, e, nomatch=True))
-                         for e in sorted(set(s.nomatch))]
+                blob, ends = bytearray(), array("I")
+                for e in sorted(set(s.entries)):
+                    blob += encode_entry(s.type, s.family, e)
+                    ends.append(len(blob))
+                for e in sorted(set(s.nomatch)):
+                    blob += encode_entry(s.type, s.family, e, nomatch=True)
+                    ends.append(len(blob))
                 create = encode_create(s, tmp, self.revision(s.type, s.family), exclusive=True)
             except (ValueError, IpsetNlError) as exc:
                 res.failed.append((s, str(exc)))
                 continue
             first = len(fill)
-            fill += [encode_cmd(IPSET_CMD_DESTROY, tmp), create, *adds]
+            fill.add([encode_cmd(IPSET_CMD_DESTROY, tmp), create], add_head, blob, ends)
             spans.append((s, first, len(fill)))
         errs = self._send(fill)
         swap: list[tuple[int, int, bytes]] = []
@@ -267,6 +272,39 @@ class IpsetNl:
             payload = _head(AF[family], _name(IPSET_ATTR_SETNAME, name)) + encode_entry(set_type, family, entry)
             msgs.append((_mtype(IPSET_CMD_DEL if op == "del" else IPSET_CMD_ADD), 0, payload))
         return {ops[i]: e for i, e in self._send(msgs).items()}
+
+
+class _Fill:
+    """The messages of a sync's fill batch, made when sent: per set a few commands, then one add per
+    member whose data attributes sit in one bytes blob (ends[i] = end of member i). 10k members are one
+    blob and an array, not 10k (type, flags, payload) tuples of their own (fresh pages cost in UML)."""
+
+    def __init__(self) -> None:
+        self._firsts: list[int] = []
+        self._parts: list[tuple[list[tuple[int, int, bytes]], bytes, bytearray, array[int]]] = []
+        self._n = 0
+
+    def add(self, cmds: list[tuple[int, int, bytes]], add_head: bytes, blob: bytearray, ends: array[int]) -> None:
+        self._firsts.append(self._n)
+        self._parts.append((cmds, add_head, blob, ends))
+        self._n += len(cmds) + len(ends)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int) -> tuple[int, int, bytes]:
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        k = bisect.bisect_right(self._firsts, i) - 1
+        cmds, add_head, blob, ends = self._parts[k]
+        j = i - self._firsts[k]
+        if j < len(cmds):
+            return cmds[j]
+        j -= len(cmds)
+        return _ADD, 0, add_head + blob[ends[j - 1] if j else 0: ends[j]]
+
+
+_ADD = _mtype(IPSET_CMD_ADD)
 
 
 def _what(msg: tuple[int, int, bytes]) -> str:

@@ -495,6 +495,7 @@ class Plugin:
 
     # ---------------------------------------------------------------------------------- VIPs and routes
     def _sync_vips(self, want: set[tuple[int, str]]) -> None:
+        """Make the addresses on ``kube-dummy-if`` ``want`` (a set the caller made: it may be kept)."""
         assert self.host is not None
         if self.dummy_idx is None or self.host.dummy_index() != self.dummy_idx:
             self.dummy_idx = self.host.ensure_dummy()
@@ -507,7 +508,10 @@ class Plugin:
         for op, (_f, a), e in errs[:20]:
             log.error("VIP %s on %s: %s failed: %s", a, DUMMY, op, os.strerror(e))
         bad = {x for _, x, _ in errs}
-        self.vips = (self.vips - set(delete)) | (set(add) - bad)
+        if bad or delete:
+            self.vips = (self.vips - set(delete)) | (set(add) - bad)
+        else:  # only additions, all done: what is there now is exactly what was wanted
+            self.vips = want
         self.host.apply_vip_routes([x for x in add if x not in bad] if bad else add, delete, self.node.ips,
                                    self.dummy_idx)
         log.info("%s: %d VIPs added, %d removed", DUMMY, len(add), len(delete))
