@@ -1,10 +1,19 @@
 """Learned BGP routes into the kernel: gobgpd best-path events -> batched netlink (kube-router's injectRoute).
 
-Two threads: ``bgp-watch`` reads gobgpd's ``WatchEvent`` stream (best paths, the current table first) and
-reconnects when gobgpd restarts; ``bgp-inject`` drains everything queued, keeps the last word per prefix, and
-applies it in one :func:`kr_core.net.links.apply_routes` batch. Every ``resync`` seconds
-(``--injected-routes-sync-period``) it re-applies all injected routes (self-heal after link flaps) and drops
-routes gobgpd did not confirm since it last (re)connected.
+Two threads, a pipeline: ``bgp-watch`` reads gobgpd's best-path changes (``WatchEvent``) and, once the
+watch is registered, the table (``ListPath``), decodes them as they arrive and queues them; it reconnects
+(new watch, new table read) when gobgpd restarts. ``bgp-inject`` takes everything queued at once, keeps the
+last word per prefix and writes it as batched netlink messages on one kept socket
+(:class:`kr_core.net.netlink.NetlinkSocket`, messages from :mod:`.routewire` templates) while the watcher
+decodes the next (a netlink send releases the GIL), so routes reach the kernel while gobgpd is still
+receiving them. A table read ends with a sweep: held routes it lacks were withdrawn meanwhile. Every
+``resync`` seconds (``--injected-routes-sync-period``) all injected routes are re-applied (self-heal after
+link flaps) and routes of a previous run that gobgpd did not confirm are dropped.
+
+Bursts are followed on the stream, however large: gobgpd spends ~10 us per path on a watcher and ~6 us per
+held path on a table read (measured with 5,000 paths), so dropping the watch for a re-read after the burst
+saves it little CPU and costs the wait for the burst's end; with the stream read many messages per ``recv``
+(:mod:`.grpcstream`) the injector keeps up.
 
 Per learned path (:func:`decide`): same subnet as a local node IP -> ``dst via next-hop``; overlay needed
 (``--overlay-type=full``, or ``subnet`` and the next hop is in another subnet) -> a tunnel
@@ -15,9 +24,12 @@ hop in table 77; otherwise no kernel route. Withdrawn routes are deleted, unused
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import logging
+import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -27,24 +39,22 @@ from typing import Any
 import grpc
 
 from kr_core.net import netns as kr_netns
-from kr_core.net.links import RTPROT_ZEBRA, Route, apply_routes
+from kr_core.net.links import RTPROT_ZEBRA, Route
+from kr_core.net.netlink import NetlinkSocket
 
+from .grpcstream import StreamError
 from .naming import tunnel_name
-from .speaker import LearnedPath, Speaker
+from .pathwire import LearnedPath
+from .routewire import encode
+from .speaker import Speaker
 from .tunnels import fou_port_command, fou_port_open, gue_port, load_fou_modules, tunnel_command, tunnel_matches
 from .tunnels import vxlan_vni as vxlan_vni  # re-exported: callers import it from here
 
 log = logging.getLogger("kr.bgp_routing.injector")
 
 OVERLAY_TABLE = 77
-CATCHUP_EVENTS = 20  # per-path events of one burst that make the watcher re-read the table ...
-CATCHUP_FRACTION = 20  # ... and at least 1/20 of the table (a re-read costs ~10 us per path held)
-CATCHUP_GAP = 0.02  # s: events closer than this belong to one burst (however slowly they are read)
 ADOPT_GRACE = 20.0  # s: routes of a previous run are kept at least this long (GoBGP v3 retries every 5 s)
-QUIET_POLL = 0.003  # s between two table-count reads that must agree before the table is re-read
-CATCHUP_MAX_WAIT = 1.0  # s: the longest a re-read waits for a burst to end (a table that never settles)
-BURST_QUIET = 0.005  # s without a new event that ends a burst
-BURST_MAX = 0.1  # s: the longest a burst is gathered before it is applied
+LOG_EVERY = 1.0  # s: batches of a burst are logged as one summary line at most this often
 
 
 @dataclass(frozen=True)
@@ -85,7 +95,6 @@ class InjectStats:
     added: int = 0
     removed: int = 0
     syncs: int = 0
-    catch_ups: int = 0
     last_sync_seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
 
@@ -105,12 +114,17 @@ class Injector:
         self.pending: dict[str, LearnedPath] = {}  # paths waiting for a config (no node IP yet)
         self.stats = InjectStats()
         self.connected = threading.Event()
-        self._q: queue.Queue[list[LearnedPath] | str] = queue.Queue()
+        # ("paths", batch) stream changes; ("begin", []), ("dump", batch)..., ("end", []) a table read;
+        # "reconfigure", "resync", "stop"
+        self._q: queue.Queue[tuple[str, list[LearnedPath]] | str] = queue.Queue()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._speaker: Speaker | None = None
         self._pending_table: set[str] | None = None
+        self._dump_seen: set[str] | None = None  # prefixes of the table read in progress
+        self._nl: NetlinkSocket | None = None  # rtnetlink socket of the inject thread, in the node's netns
+        self._log_acc: list[Any] = [0, 0, 0, 0.0]  # added, removed, batches, last summary
         self.adopted: dict[tuple[str, int], str] = {}  # (dst, table) -> `ip route` line, from a previous run
         self._decided: tuple[InjectConfig | None, dict[str, str]] = (None, {})
 
@@ -174,79 +188,67 @@ class Injector:
 
     # -------------------------------------------------------------------------------- watch thread
     def _watch_loop(self) -> None:
-        """Read gobgpd's best-path stream. Its first message is the whole table (the ``init`` dump, one
-        message); after it gobgpd sends one message per path, and Python's gRPC reads at most some 20,000 of
-        those a second (~50 us each, gobgpd's side included), while a dump costs ~10 us per path. So when a
-        burst is running (more than CATCHUP_EVENTS, and a twentieth of the table, less than CATCHUP_GAP
-        apart) the stream is dropped, :meth:`_wait_quiet` waits for gobgpd's table to settle, and a new
-        stream's ``init`` dump brings the table after the burst at once."""
+        """Watch gobgpd's best paths, then read its table (the watch is registered first, so no change falls
+        between the two), then follow the changes. An error (gobgpd restarted, a broken stream) starts over
+        on a new channel."""
         backoff = 0.2
-        sp: Speaker | None = None
         while not self._stop.is_set():
-            catch_up = False
+            sp: Speaker | None = None
+            events = None
             try:
-                if sp is None:
-                    sp = self.make_speaker()
-                    self._speaker = sp
-                    sp.wait_ready(timeout=5)
+                sp = self.make_speaker()
+                self._speaker = sp
+                sp.wait_ready(timeout=5)
+                events = sp.watch_changes()
+                next(events)  # ("registered", []): every change from here on comes on this stream
+                self._read_table(sp)
                 self.connected.set()
-                last_event, in_burst = 0.0, 0
-                for init, batch in sp.watch_best():
-                    self._q.put(("init" if init else "paths", batch))
-                    if init:
-                        backoff = 0.2
-                        continue
-                    now = time.monotonic()
-                    if now - last_event > CATCHUP_GAP:
-                        in_burst = 0
-                    last_event = now
-                    in_burst += len(batch)
-                    if in_burst > max(CATCHUP_EVENTS, len(self.routes) // CATCHUP_FRACTION):
-                        catch_up = True
-                        self.stats.catch_ups += 1
-                        break
-            except (grpc.RpcError, grpc.FutureTimeoutError) as exc:
+                backoff = 0.2
+                for _kind, batch in events:
+                    self._q.put(("paths", batch))
+            except (grpc.RpcError, grpc.FutureTimeoutError, StreamError, StopIteration) as exc:
                 if self._stop.is_set():
                     return
-                log.info("gobgpd watch stream ended (%s); reconnecting", exc.code() if isinstance(exc, grpc.RpcError)
-                         else "connect timeout")
+                log.info("gobgpd watch ended (%s); reconnecting", exc.code() if isinstance(exc, grpc.RpcError)
+                         else exc or "connect timeout")
             except Exception:  # keep the watcher alive whatever happens
                 if self._stop.is_set():
                     return
                 log.exception("gobgpd watch failed; reconnecting")
             finally:
+                if events is not None:
+                    events.close()
                 self.connected.clear()
-            if catch_up and sp is not None:  # same channel, a new stream once the burst is over
-                self._wait_quiet(sp)
-                continue
-            if sp is not None:  # after an error: a new channel
-                with contextlib.suppress(Exception):
-                    sp.close()
-                sp = None
+                if sp is not None:
+                    with contextlib.suppress(Exception):
+                        sp.close()
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 5.0)
 
-    def _wait_quiet(self, sp: Speaker) -> None:
-        """After the stream was dropped for a burst: poll gobgpd's table counts (a cheap unary call) until
-        two reads QUIET_POLL apart agree, at most CATCHUP_MAX_WAIT. The next stream's ``init`` dump then
-        carries the table after the burst in one message, instead of a partial table followed by the rest
-        of the burst one path per message. gobgpd answers between two UPDATE messages it processes, so an
-        unchanged count means no UPDATE was waiting; a burst that ends early (a mass next-hop change keeps
-        the counts) only costs a later re-read."""
-        deadline = time.monotonic() + CATCHUP_MAX_WAIT
-        last: tuple[int, ...] | None = None
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                counts = sp.table_counts()
-            except grpc.RpcError:
-                return  # the new stream will tell what is wrong
-            if counts == last:
-                return
-            last = counts
-            self._stop.wait(QUIET_POLL)
+    def _read_table(self, sp: Speaker) -> None:
+        """Queue gobgpd's best paths of every family it holds, as they arrive: ``begin``, ``dump`` batches,
+        ``end`` (the inject thread writes the batches at once and sweeps at ``end``). A read that fails
+        raises before ``end``: no sweep on a partial table."""
+        counts = sp.table_counts()
+        self._q.put(("begin", []))
+        for fam, held in ((4, counts[0]), (6, counts[3])):
+            if held >= 0:  # -1: gobgpd has no table of that family
+                for batch in sp.dump_best(fam):
+                    self._q.put(("dump", batch))
+        self._q.put(("end", []))
 
     # -------------------------------------------------------------------------------- inject thread
     def _inject_loop(self) -> None:
+        """Take everything queued (no waiting for more: while a batch is written, the next one gathers),
+        keep the last word per prefix, apply it."""
+        try:
+            self._inject_items()
+        finally:
+            if self._nl is not None:
+                self._nl.close()
+                self._nl = None
+
+    def _inject_items(self) -> None:
         next_resync = time.monotonic() + self.resync
         while not self._stop.is_set():
             try:
@@ -254,36 +256,14 @@ class Injector:
             except queue.Empty:
                 item = "resync"
             items = [item]
-            # gobgpd sends one event per path: gather a burst (until 5 ms of quiet, at most 100 ms) so a
-            # table of thousands of paths becomes a few netlink batches instead of one per path; a table
-            # dump is complete in itself, so after one only what is already queued is taken
-            first = time.monotonic()
-            while time.monotonic() - first < BURST_MAX:
+            while True:
                 try:
-                    dump = isinstance(items[-1], tuple) and items[-1][0] == "init"
-                    items.append(self._q.get_nowait() if dump else self._q.get(timeout=BURST_QUIET))
+                    items.append(self._q.get_nowait())
                 except queue.Empty:
                     break
             if "stop" in items:
                 return
-            paths: dict[str, LearnedPath] = {}
-            redo = resync = False
-            table: set[str] | None = None  # the prefixes of the latest init dump: the complete table
-            for it in items:
-                if isinstance(it, tuple):
-                    kind, batch = it
-                    if kind == "init":
-                        paths = {}  # the dump supersedes everything queued before it
-                        table = set()
-                    for p in batch:
-                        if p.neighbor or p.withdraw:
-                            paths[p.prefix] = p
-                        if table is not None and not p.withdraw:
-                            table.add(p.prefix)
-                elif it == "reconfigure":
-                    redo = True
-                elif it == "resync":
-                    resync = True
+            paths, redo, resync, table = self._gather(items)
             try:
                 self._apply(paths, redo=redo, resync=resync, table=table)
             except Exception as exc:  # a failed batch is retried on the next resync
@@ -292,14 +272,47 @@ class Injector:
             if resync:
                 next_resync = time.monotonic() + self.resync
 
+    def _gather(self, items: list[tuple[str, list[LearnedPath]] | str]) -> tuple[
+            dict[str, LearnedPath], bool, bool, set[str] | None]:
+        """(last word per prefix, reconfigure, resync, the complete table when a table read ended here).
+        A table read's batches count toward its prefixes; changes after its end in the same take are added
+        to them, so the sweep never removes what was just learned."""
+        paths: dict[str, LearnedPath] = {}
+        redo = resync = False
+        table: set[str] | None = None
+        for it in items:
+            if it == "reconfigure":
+                redo = True
+                continue
+            if it == "resync":
+                resync = True
+                continue
+            kind, batch = it
+            if kind == "begin":
+                self._dump_seen = set()
+                with self._lock:
+                    configured = bool(self.cfg.node_ip4 or self.cfg.node_ip6)
+                if not configured:  # nothing applied yet: the table read supersedes what waits
+                    self.pending, self._pending_table, paths = {}, None, {}
+            elif kind == "end":  # (no "begin" seen: nothing to sweep by)
+                table, self._dump_seen = self._dump_seen, None
+            else:
+                seen = self._dump_seen if kind == "dump" else table
+                for p in batch:
+                    if p.neighbor or p.withdraw:
+                        paths[p.prefix] = p
+                    if seen is not None and not p.withdraw:
+                        seen.add(p.prefix)
+        return paths, redo, resync, table
+
     def _apply(self, paths: dict[str, LearnedPath], *, redo: bool, resync: bool,
                table: set[str] | None = None) -> None:
         t0 = time.monotonic()
         with self._lock:
             cfg = self.cfg
-        if not (cfg.node_ip4 or cfg.node_ip6):  # not configured yet: keep the paths for later
-            if table is not None:
-                self.pending, self._pending_table = {}, table
+        if not (cfg.node_ip4 or cfg.node_ip6):  # not configured yet: keep the paths for later (a table read's
+            if table is not None:                 # "begin" emptied them, see _gather)
+                self._pending_table = table
             self.pending.update(paths)
             return
         if self.pending:
@@ -356,13 +369,14 @@ class Injector:
                     log.info("route %s (table %d) left by a previous run was not re-learned: removed", dst, table)
                     del_routes.append(Route(dst=dst, table=table, proto=RTPROT_ZEBRA))
                 self.adopted.clear()
+        errors: list[tuple[str, Route, int]] = []
         if repl_routes or del_routes or extra:
-            res = apply_routes(replace=repl_routes + extra, delete=del_routes, netns=self.netns)
-            failed = {r.dst for op, r, _ in res.errors if op == "replace"}
+            errors = self._write(repl_routes + extra, del_routes)
+            failed = {r.dst for op, r, _ in errors if op == "replace"}
             for prefix in list(replace):
                 if replace[prefix].route.dst in failed:
                     del replace[prefix]
-            self.stats.errors = [f"{op} {r.dst}: errno {e}" for op, r, e in res.errors[:5]]
+            self.stats.errors = [f"{op} {r.dst}: errno {e}" for op, r, e in errors[:5]]
         with self._lock:
             for prefix in delete:
                 if prefix not in replace:
@@ -373,22 +387,54 @@ class Injector:
         self.stats.removed += removed
         self.on_stats("added", added)
         self.on_stats("removed", removed)
-        if added + removed <= 20:
-            for prefix, inj in replace.items():
-                log.info("route %s: %s%s (learned from BGP)", prefix,
-                         f"via {inj.route.gateway}" if inj.route.gateway else f"dev {inj.tunnel}",
-                         "" if not inj.tunnel else f" to {inj.next_hop}")
-            for prefix in delete:
-                if prefix not in replace:
-                    log.info("route %s: withdrawn, removed from the kernel", prefix)
-        else:
-            log.info("routes learned from BGP: %d added/replaced, %d withdrawn (%d held)", added, removed,
-                     len(self.routes))
-        self._gc_tunnels()
+        self._log_changes(replace, [p for p in delete if p not in replace])
+        if self.tunnels and (delete or errors or redo or resync or table is not None):  # (a walk over all
+            self._gc_tunnels()                                        # routes: only when a tunnel may be unused)
         self.stats.syncs += 1
         self.stats.last_sync_seconds = time.monotonic() - t0
         self.on_stats("synced", len(self.routes))
         self.on_stats("sync_time", self.stats.last_sync_seconds)
+
+    def _log_changes(self, replace: dict[str, Injected], removed: list[str]) -> None:
+        """One line per route for a few changes; a burst's batches add up to one summary line, written when
+        the burst is over (nothing queued) or LOG_EVERY seconds after the last one."""
+        acc = self._log_acc
+        if len(replace) + len(removed) <= 3 and not acc[0] + acc[1]:
+            for prefix, inj in replace.items():
+                log.info("route %s: %s%s (learned from BGP)", prefix,
+                         f"via {inj.route.gateway}" if inj.route.gateway else f"dev {inj.tunnel}",
+                         "" if not inj.tunnel else f" to {inj.next_hop}")
+            for prefix in removed:
+                log.info("route %s: withdrawn, removed from the kernel", prefix)
+            return
+        acc[0] += len(replace)
+        acc[1] += len(removed)
+        acc[2] += 1
+        now = time.monotonic()
+        if self._q.empty() or now - acc[3] >= LOG_EVERY:
+            log.info("routes learned from BGP: %d added/replaced, %d withdrawn in %d batches (%d held)",
+                     acc[0], acc[1], acc[2], len(self.routes))
+            self._log_acc = [0, 0, 0, now]
+
+    def _write(self, replace: list[Route], delete: list[Route]) -> list[tuple[str, Route, int]]:
+        """Deletes, then replaces, as batched netlink messages on the kept socket (opened in the node's
+        namespace on first use, reopened after a failure). Returns the refused ones as (op, route, errno);
+        deleting a route that is already gone is not a failure."""
+        ops = [("delete", r) for r in delete] + [("replace", r) for r in replace]
+        if self._nl is None:
+            with kr_netns.in_netns(self.netns):
+                self._nl = NetlinkSocket(socket.NETLINK_ROUTE)
+        try:
+            refused = self._nl.send_all(lambda i, seq, ack: encode(ops[i][1], ops[i][0], seq, ack), len(ops))
+        except OSError:  # replies lost: the state is unknown, the next resync re-applies everything
+            self._nl.close()
+            self._nl = None
+            raise
+        errors = [(ops[i][0], ops[i][1], err) for i, err in sorted(refused.items())
+                  if not (ops[i][0] == "delete" and err == errno.ESRCH)]
+        for op, r, err in errors[:10]:
+            log.warning("route %s %s: %s", op, r.dst, os.strerror(err))
+        return errors
 
     # -------------------------------------------------------------------------------- tunnels
     def _route_for(self, p: LearnedPath, cfg: InjectConfig) -> Injected | None:

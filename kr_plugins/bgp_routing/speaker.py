@@ -1,14 +1,15 @@
 """A thin typed client for gobgpd's gRPC API (GoBGP v3): global config, peers, paths, defined sets, policies.
 
-Only this module and :mod:`.injector` touch protobuf messages; the rest of the plugin works with the plain
-dataclasses of :mod:`.desired` and :mod:`.policy`.
+Only this module and :mod:`.pathwire` touch protobuf messages; the rest of the plugin works with the plain
+dataclasses of :mod:`.desired`, :mod:`.policy` and :class:`.pathwire.LearnedPath`.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import ipaddress
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,10 +17,11 @@ from typing import Any
 
 import grpc
 import grpc.experimental
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.any_pb2 import Any as PbAny
 
 from .desired import GlobalSpec, PeerSpec
+from .grpcstream import GrpcStream, StreamError
+from .pathwire import LearnedPath, decode_list_messages, decode_watch_messages
 from .policy import DefinedSet, Statement
 from .stubs import GobgpApi
 
@@ -40,28 +42,27 @@ class PeerStatus:
     uptime: int = 0
 
 
-@dataclass(frozen=True)
-class LearnedPath:
-    prefix: str
-    next_hop: str
-    neighbor: str
-    withdraw: bool
-    family: int
-
-
 class Speaker:
     def __init__(self, g: GobgpApi, target: str) -> None:
         self.g = g
         self.target = target
-        # the WatchEvent init dump is the whole table in one message: allow large ones. Streams are read
-        # on the calling thread (no hand-over from gRPC's polling thread per message): the best-path
-        # stream's per-path messages cost about half as much
+        # grpcio streams are read on the calling thread (no hand-over from gRPC's polling thread per
+        # message); the best-path stream and table dumps use GrpcStream (:meth:`watch_changes`)
         self.channel = grpc.insecure_channel(target, options=[
             ("grpc.max_receive_message_length", 1 << 30),
             (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)])
         self.stub = g.grpc.GobgpApiStub(self.channel)
+        self._streams: set[GrpcStream] = set()
+        self._streams_lock = threading.Lock()
+        self._closed = False
 
     def close(self) -> None:
+        """Close the channel and end the streams being read (their readers get StreamError)."""
+        with self._streams_lock:
+            self._closed = True
+            streams = list(self._streams)
+        for st in streams:
+            st.close()
         self.channel.close()
 
     def wait_ready(self, timeout: float = 10.0) -> None:
@@ -204,34 +205,55 @@ class Speaker:
         neighbor = p.neighbor_ip if p.neighbor_ip not in ("", "<nil>") else ""
         return LearnedPath(f"{n.prefix}/{n.prefix_len}", nh, neighbor, p.is_withdraw, fam)
 
-    def watch_best(self) -> Iterator[tuple[bool, list[LearnedPath]]]:
-        """(is the init dump, paths) per message of the best-path stream. The first message is the whole
-        current table (gobgpd sends the ``init`` dump as one message), later ones are changes. Ends with
-        grpc.RpcError.
-
-        The responses are parsed as :func:`_slim_watch_type` (only the fields the injector reads; the rest
-        is skipped by the C parser): reading ``api.Path`` messages field by field costs ~7 us per path,
-        which was most of the time from gobgpd's table to the kernel."""
+    def watch_changes(self) -> Iterator[tuple[str, list[LearnedPath]]]:
+        """gobgpd's best-path changes as they happen: first ``("registered", [])`` once gobgpd has registered
+        the watch (its peer ``END_OF_INIT`` event, sent in the same step: every later change comes on this
+        stream), then ``("paths", paths)`` per read of the socket. There is no table dump on the stream
+        (``init`` is off: gobgpd would build it as one message of ``Any``-packed paths); the caller reads
+        the table with :meth:`dump_best` after ``registered``. Ends by raising :class:`StreamError`."""
         api = self.g.api
         flt = api.WatchEventRequest.Table.Filter
-        req = api.WatchEventRequest(table=api.WatchEventRequest.Table(filters=[flt(type=flt.BEST, init=True)]))
-        service = api.DESCRIPTOR.services_by_name["GobgpApi"].full_name
-        method = self.channel.unary_stream(f"/{service}/WatchEvent", request_serializer=req.__class__.SerializeToString,
-                                           response_deserializer=_slim_watch_type().FromString)
-        first = True
-        call = method(req)
+        req = api.WatchEventRequest(peer=api.WatchEventRequest.Peer(),
+                                    table=api.WatchEventRequest.Table(filters=[flt(type=flt.BEST, init=False)]))
+        with self._stream("WatchEvent", req.SerializeToString()) as stream:
+            registered = False
+            for messages in stream:
+                paths, end_of_init = decode_watch_messages(messages)
+                if end_of_init and not registered:
+                    registered = True
+                    yield "registered", []
+                if paths and registered:
+                    yield "paths", paths
+            raise StreamError("gobgpd ended the watch")
+
+    def dump_best(self, fam: int) -> Iterator[list[LearnedPath]]:
+        """The best paths of gobgpd's global table of family ``fam`` (4 or 6), as they arrive: ``ListPath``
+        with only the BGP wire encoding of NLRI and attributes (gobgpd builds no ``Any`` messages; it sends
+        one message per destination, read many per ``recv``). Raises :class:`StreamError` when the call
+        fails (an incomplete dump is never taken for the whole table)."""
+        api = self.g.api
+        req = api.ListPathRequest(table_type=api.GLOBAL, family=self.family(fam), enable_only_binary=True)
+        with self._stream("ListPath", req.SerializeToString()) as stream:
+            for messages in stream:
+                paths = decode_list_messages(messages, fam)
+                if paths:
+                    yield paths
+
+    @contextlib.contextmanager
+    def _stream(self, method: str, request: bytes) -> Iterator[GrpcStream]:
+        """A :class:`GrpcStream` call of ``method``, closed on exit and by :meth:`close`."""
+        stream = GrpcStream(self.target, f"/{self.g.api.DESCRIPTOR.services_by_name['GobgpApi'].full_name}/{method}",
+                            request, timeout=RPC_TIMEOUT)
+        with self._streams_lock:
+            if self._closed:
+                stream.close()
+            self._streams.add(stream)
         try:
-            for ev in call:
-                out = []
-                for p in ev.table.paths:
-                    lp = decode_slim_path(p)
-                    if lp is not None:
-                        out.append(lp)
-                if out or first:
-                    yield first, out
-                first = False
-        finally:  # the consumer stopped reading (or the stream broke): end the RPC, keep the channel
-            call.cancel()
+            yield stream
+        finally:
+            with self._streams_lock:
+                self._streams.discard(stream)
+            stream.close()
 
     def table_counts(self) -> tuple[int, ...]:
         """(destinations, paths, accepted) of gobgpd's global RIB, IPv4 then IPv6: a cheap probe (no path
@@ -306,145 +328,3 @@ class Speaker:
                                  policies=[api.Policy(name=policy)] if policy else [],
                                  default_action=api.ACCEPT if default_accept else api.REJECT)
         self.stub.SetPolicyAssignment(api.SetPolicyAssignmentRequest(assignment=a), timeout=RPC_TIMEOUT)
-
-
-# ----------------------------------------------------------------------------------- slim watch decoding
-
-@functools.cache
-def _slim_watch_type() -> Any:
-    """A message class wire-compatible with ``apipb.WatchEventResponse`` that keeps only what the injector
-    reads: ``table.paths[]`` with ``nlri`` and ``pattrs`` as raw ``Any`` bytes (field 1, 2), ``is_withdraw``
-    (5) and ``neighbor_ip`` (15). Built at run time from a descriptor (field numbers of GoBGP's gobgp.proto),
-    so nothing is generated or committed."""
-    fd = descriptor_pb2.FileDescriptorProto(name="kr_bgp_slim_watch.proto", package="krbgpslim", syntax="proto3")
-    f = descriptor_pb2.FieldDescriptorProto
-    path = fd.message_type.add(name="Path")
-    path.field.add(name="nlri", number=1, type=f.TYPE_BYTES, label=f.LABEL_OPTIONAL)
-    path.field.add(name="pattrs", number=2, type=f.TYPE_BYTES, label=f.LABEL_REPEATED)
-    path.field.add(name="is_withdraw", number=5, type=f.TYPE_BOOL, label=f.LABEL_OPTIONAL)
-    path.field.add(name="neighbor_ip", number=15, type=f.TYPE_STRING, label=f.LABEL_OPTIONAL)
-    table = fd.message_type.add(name="TableEvent")
-    table.field.add(name="paths", number=2, type=f.TYPE_MESSAGE, label=f.LABEL_REPEATED, type_name=".krbgpslim.Path")
-    resp = fd.message_type.add(name="WatchEventResponse")
-    resp.field.add(name="table", number=3, type=f.TYPE_MESSAGE, label=f.LABEL_OPTIONAL,
-                   type_name=".krbgpslim.TableEvent")
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fd)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("krbgpslim.WatchEventResponse"))
-
-
-_URL = b"type.googleapis.com/apipb."
-_PREFIX_ANY = b"\n" + bytes([len(_URL) + len(b"IPAddressPrefix")]) + _URL + b"IPAddressPrefix\x12"
-_NEXT_HOPS: dict[bytes, str | None] = {}  # serialized attribute Any -> its next hop (None: not a next hop)
-
-
-def decode_slim_path(p: Any) -> LearnedPath | None:
-    """The :class:`LearnedPath` of one path of :func:`_slim_watch_type` (None when its NLRI is not an IP
-    prefix or does not parse): the NLRI and attributes are read from their wire bytes; paths share a few
-    attribute encodings, so next hops are looked up by the attribute's bytes."""
-    try:
-        prefix = _ip_prefix(p.nlri)
-    except (ValueError, IndexError):
-        return None
-    if prefix is None:
-        return None
-    nh = ""
-    for a in p.pattrs:
-        try:
-            got = _NEXT_HOPS[a]
-        except KeyError:
-            got = _attr_next_hop(a)
-        if got is not None:
-            nh = got
-    neighbor = p.neighbor_ip
-    if neighbor == "<nil>":
-        neighbor = ""
-    return LearnedPath(prefix, nh, neighbor, p.is_withdraw, 6 if ":" in prefix else 4)
-
-
-def _ip_prefix(nlri: bytes) -> str | None:
-    """``addr/len`` of a serialized ``Any`` holding an ``IPAddressPrefix`` (None: another NLRI type)."""
-    if nlri.startswith(_PREFIX_ANY) and nlri[len(_PREFIX_ANY)] < 0x80:  # the usual encoding, no generic parse
-        value = nlri[len(_PREFIX_ANY) + 1:]
-        if len(value) > 4 and value[0] == 0x08 and value[1] < 0x80 and value[2] == 0x12 and value[3] == len(value) - 4:
-            return f"{value[4:].decode()}/{value[1]}"
-    url, value = _any(nlri)
-    if url != "apipb.IPAddressPrefix":
-        return None
-    plen, addr = 0, ""
-    for num, v in _wire_fields(value):
-        if num == 1 and isinstance(v, int):
-            plen = v
-        elif num == 2 and isinstance(v, bytes):
-            addr = v.decode()
-    if not addr:
-        raise ValueError("IPAddressPrefix without prefix")
-    return f"{addr}/{plen}"
-
-
-def _attr_next_hop(a: bytes) -> str | None:
-    """The next hop in a serialized attribute ``Any`` (``NextHopAttribute``, or the first of an
-    ``MpReachNLRIAttribute``); None for other attributes. Caches what is shared between paths."""
-    try:
-        url, value = _any(a)
-        if url == "apipb.NextHopAttribute":
-            nh = next((v.decode() for num, v in _wire_fields(value) if num == 1 and isinstance(v, bytes)), "")
-        elif url == "apipb.MpReachNLRIAttribute":  # carries the NLRI too: unique per path, not cached
-            return next((v.decode() for num, v in _wire_fields(value) if num == 2 and isinstance(v, bytes)), "")
-        else:
-            nh = None
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if len(_NEXT_HOPS) >= 4096:
-        _NEXT_HOPS.clear()
-    _NEXT_HOPS[a] = nh
-    return nh
-
-
-def _any(buf: bytes) -> tuple[str, bytes]:
-    """(``apipb.X`` of the type URL, value bytes) of a serialized ``google.protobuf.Any``."""
-    url, value = "", b""
-    for num, v in _wire_fields(buf):
-        if num == 1 and isinstance(v, bytes):
-            url = v.decode()
-        elif num == 2 and isinstance(v, bytes):
-            value = v
-    return url[url.rfind("/") + 1:], value
-
-
-def _wire_fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
-    """(field number, value) of each field of a serialized message: an int for varints, bytes otherwise.
-    Raises ValueError on truncated or malformed input."""
-    i, n = 0, len(buf)
-    while i < n:
-        key, i = _varint(buf, i)
-        wire = key & 7
-        if wire == 0:
-            v, i = _varint(buf, i)
-            yield key >> 3, v
-            continue
-        if wire == 2:
-            size, i = _varint(buf, i)
-        elif wire == 1:
-            size = 8
-        elif wire == 5:
-            size = 4
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-        if i + size > n:
-            raise ValueError("truncated field")
-        yield key >> 3, buf[i:i + size]
-        i += size
-
-
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if i >= len(buf) or shift > 63:
-            raise ValueError("truncated varint")
-        b = buf[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, i
-        shift += 7
