@@ -358,7 +358,9 @@ class Plugin:
         tm = self.timings = {}
         t = time.perf_counter()
         self.node = self._node_info()
-        keys = set(self.ctx.caches.services.keys()) | set(self.models)
+        services = self.ctx.caches.services
+        keys = services.keys()  # plus the Services gone since the last sync (no set of 10k keys twice)
+        keys += [k for k in self.models if services.get(k) is None]
         self.models = {}
         for key in keys:
             m = self._build(key)
