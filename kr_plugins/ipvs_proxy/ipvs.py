@@ -2,15 +2,17 @@
 
 Why not pyroute2 here: its generic IPVS path costs ~2 ms per object in UML (message encoding dominates) and
 its dump ~17 ms per service (``../shared/reference/ipvs-floors.md``), so a cold sync or an adoption at 10k
-Services would take minutes. This module builds the messages with ``struct`` and per-object caches (the
-service-key attribute block is built once per virtual server, the constant tail of a destination once per
-weight/method), sends them through :class:`~kr_core.net.netlink.NetlinkSocket.send_all` and
-parses dumps with a flat attribute walk.
+Services would take minutes. This module renders the messages with ``struct`` into one reused buffer
+(:class:`_BatchWriter`: the constant parts come from caches, a destination add is one ``pack_into`` of a
+per-server template plus its address), sends them 1,000 per ``sendmsg`` with an ack on the last only,
+and parses dumps with a flat attribute walk.
 
 Operations are plain tuples ``(op, VKey, arg)`` (see :data:`ADD_SVC` ...), produced by
-:func:`kr_plugins.ipvs_proxy.sync.plan`. :meth:`Ipvs.apply` sends them in order and turns the
-idempotency errors into what was meant (an add of something present becomes a set; a delete of something
-absent is done), so a committed state that lags the kernel converges without a dump.
+:func:`kr_plugins.ipvs_proxy.sync.plan`; :data:`ADD_VS` (a new server with all its destinations, the
+cold-sync case) is rendered straight from the model's :class:`~.model.VirtualServer`. :meth:`Ipvs.apply`
+sends them in order and turns the idempotency errors into what was meant (an add of something present
+becomes a set; a delete of something absent is done), so a committed state that lags the kernel
+converges without a dump; a refused message is reported as the single operation it was.
 """
 
 from __future__ import annotations

@@ -9,6 +9,11 @@ scheduler, flags and timeout are changed in place (``set-svc``), weights likewis
 
 With graceful termination a removed destination first gets weight 0 (``set-dest``) and is returned in
 ``Plan.drain``; the caller deletes it once its connections are gone or its grace period is over.
+
+A full sync plans with ``whole=True``: a server not committed at all is one ``add-vs`` carrying the
+desired server, and on a cold sync (nothing committed) the plan is just that per server, with no diff
+object by object. :func:`commit` then keeps the model's destination dict itself as the committed one
+(no copy of 100k destinations) and copies a server's dict only when a later change to it is committed.
 """
 
 from __future__ import annotations
