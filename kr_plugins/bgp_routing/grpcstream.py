@@ -67,9 +67,24 @@ def _connect(target: str, timeout: float) -> tuple[socket.socket, str]:
     return sock, target
 
 
+def _cut(data: bytearray, pos: int, end: int, parts: list[bytes | memoryview]) -> int:
+    """Append the complete gRPC messages in ``data[pos:end]`` (5-byte prefix: compressed flag, length) to
+    ``parts`` as views; returns where the first incomplete one starts."""
+    view = memoryview(data)
+    while end - pos >= 5:
+        mlen = int.from_bytes(data[pos + 1:pos + 5], "big")
+        if end - pos < 5 + mlen:
+            break
+        if data[pos]:
+            raise StreamError("gRPC stream: compressed message (none was asked for)")
+        parts.append(view[pos + 5:pos + 5 + mlen])
+        pos += 5 + mlen
+    return pos
+
+
 class GrpcStream:
-    """One server-streaming call: ``for messages in GrpcStream(target, "/pkg.Service/Method", request)`` yields
-    the complete messages (serialized bytes) that each read brought, at least one per yield. Iteration ends
+    """One server-streaming call: ``for blob in GrpcStream(target, "/pkg.Service/Method", request)`` yields
+    the complete messages that each read brought, concatenated (at least one per yield). Iteration ends
     when the call ends with status OK; any other end raises :class:`StreamError`. :meth:`close` (from any
     thread) ends a running iteration with StreamError."""
 
@@ -112,11 +127,13 @@ class GrpcStream:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __iter__(self) -> Iterator[list[bytes]]:
+    def __iter__(self) -> Iterator[bytes]:
+        """Per read of the socket that completed at least one message: those messages, concatenated (the
+        caller parses them at once as a message whose fields are repeated, see :mod:`.pathwire`)."""
         buf = bytearray(1 << 20)
         view = memoryview(buf)
         have = start = 0  # buf[start:have] holds what is not parsed yet
-        msg = bytearray()  # DATA payloads not yet cut into messages
+        msg = bytearray()  # the start of a message whose end has not arrived yet
         while True:
             if have == len(buf):  # make room: move the unparsed tail to the front, or grow for a huge frame
                 if start:
@@ -134,6 +151,7 @@ class GrpcStream:
                 raise StreamError("gRPC stream: connection closed")
             have += n
             ended = False
+            parts: list[bytes | memoryview] = []
             while have - start >= 9:
                 hi, lo, kind, flags, stream = _FRAME.unpack_from(buf, start)
                 length = (hi << 16) | lo
@@ -146,9 +164,16 @@ class GrpcStream:
                         if flags & PADDED:
                             p1 -= buf[p0]
                             p0 += 1
-                        msg += view[p0:p1]
                         self._consumed += length
                         ended = ended or bool(flags & END_STREAM)
+                        if msg:  # a message began in an earlier frame
+                            msg += view[p0:p1]
+                            pos = _cut(msg, 0, len(msg), parts)
+                            msg = msg[pos:]
+                        else:  # usual: the frame holds whole messages (gobgpd: one)
+                            pos = _cut(buf, p0, p1, parts)
+                            if pos < p1:
+                                msg += view[pos:p1]
                 elif kind in (HEADERS, CONTINUATION):
                     if kind == HEADERS:
                         if flags & PADDED:
@@ -173,19 +198,10 @@ class GrpcStream:
                     last = struct.unpack_from(">I", buf, p0)[0] & 0x7FFFFFFF if length >= 4 else 0
                     if last < STREAM_ID:  # our call was not taken up; otherwise it runs to its end
                         raise StreamError("gRPC stream: server going away")
+            out = b"".join(parts)  # (copies out of buf before the next recv reuses it)
+            parts.clear()
             if start == have:
                 start = have = 0
-            out, pos, size = [], 0, len(msg)
-            while size - pos >= 5:
-                mlen = int.from_bytes(msg[pos + 1:pos + 5], "big")
-                if size - pos < 5 + mlen:
-                    break
-                if msg[pos]:
-                    raise StreamError("gRPC stream: compressed message (none was asked for)")
-                out.append(bytes(msg[pos + 5:pos + 5 + mlen]))
-                pos += 5 + mlen
-            if pos:
-                del msg[:pos]
             if self._consumed >= WINDOW // 2:
                 inc = struct.pack(">I", self._consumed)
                 self._send(_frame(WINDOW_UPDATE, 0, 0, inc) + _frame(WINDOW_UPDATE, 0, STREAM_ID, inc))

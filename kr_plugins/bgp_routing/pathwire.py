@@ -75,23 +75,27 @@ def _slim_watch_type() -> Any:
     return _slim_types()["WatchEventResponse"]
 
 
-def decode_watch_messages(messages: list[bytes]) -> tuple[list[LearnedPath], bool]:
+def decode_watch_messages(messages: bytes | list[bytes]) -> tuple[list[LearnedPath], bool]:
     """(paths, whether a peer ``END_OF_INIT`` event was among them) of serialized ``WatchEventResponse``
-    messages, parsed in one call; paths that are not IP prefixes are skipped."""
-    batch = _slim_types()["WatchBatch"].FromString(b"".join(messages))
+    messages (a list, or already concatenated), parsed in one call; paths that are not IP prefixes are
+    skipped."""
+    blob = messages if isinstance(messages, bytes) else b"".join(messages)
+    batch = _slim_types()["WatchBatch"].FromString(blob)
     out: list[LearnedPath] = []
+    append = out.append
     for ev in batch.table:
         for p in ev.paths:
             lp = decode_slim_path(p)
             if lp is not None:
-                out.append(lp)
+                append(lp)
     return out, any(ev.type == PEER_END_OF_INIT for ev in batch.peer)
 
 
-def decode_list_messages(messages: list[bytes], family: int) -> list[LearnedPath]:
-    """The best paths in serialized ``ListPathResponse`` messages of a binary dump (``enable_only_binary``)
-    of ``family`` (4 or 6), parsed in one call."""
-    batch = _slim_types()["ListBatch"].FromString(b"".join(messages))
+def decode_list_messages(messages: bytes | list[bytes], family: int) -> list[LearnedPath]:
+    """The best paths in serialized ``ListPathResponse`` messages (a list, or already concatenated) of a
+    binary dump (``enable_only_binary``) of ``family`` (4 or 6), parsed in one call."""
+    blob = messages if isinstance(messages, bytes) else b"".join(messages)
+    batch = _slim_types()["ListBatch"].FromString(blob)
     out: list[LearnedPath] = []
     v6 = family == 6
     for d in batch.destination:

@@ -217,8 +217,8 @@ class Speaker:
                                     table=api.WatchEventRequest.Table(filters=[flt(type=flt.BEST, init=False)]))
         with self._stream("WatchEvent", req.SerializeToString()) as stream:
             registered = False
-            for messages in stream:
-                paths, end_of_init = decode_watch_messages(messages)
+            for blob in stream:
+                paths, end_of_init = decode_watch_messages(blob)
                 if end_of_init and not registered:
                     registered = True
                     yield "registered", []
@@ -234,8 +234,8 @@ class Speaker:
         api = self.g.api
         req = api.ListPathRequest(table_type=api.GLOBAL, family=self.family(fam), enable_only_binary=True)
         with self._stream("ListPath", req.SerializeToString()) as stream:
-            for messages in stream:
-                paths = decode_list_messages(messages, fam)
+            for blob in stream:
+                paths = decode_list_messages(blob, fam)
                 if paths:
                     yield paths
 
