@@ -26,6 +26,8 @@ DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION =
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
 SETTINGS_ENABLE_PUSH, SETTINGS_INITIAL_WINDOW_SIZE = 2, 4
 WINDOW = 1 << 30  # receive window per stream and connection; renewed once half of it was consumed
+READ_MAX = 1 << 15  # bytes per recv (~130 gobgpd path events): what one read decodes before handing it on,
+                    # so the consumer starts on the first paths of a burst while the next are decoded
 STREAM_ID = 1
 _FRAME = struct.Struct(">BHBBI")  # length (24 bits: high byte + low 16), type, flags, stream id
 
@@ -144,7 +146,7 @@ class GrpcStream:
                     buf.extend(bytes(len(buf)))
                     view = memoryview(buf)
             try:
-                n = self.sock.recv_into(view[have:]) if not self._closed else 0
+                n = self.sock.recv_into(view[have:have + READ_MAX]) if not self._closed else 0
             except OSError as exc:
                 raise StreamError(f"gRPC stream: {exc}") from exc
             if n == 0:
