@@ -457,7 +457,9 @@ class Injector:
         return Injected(Route(dst=p.prefix, oif=idx, prefsrc=local), p.next_hop, name)
 
     def _ip(self, *args: str, check: bool = True) -> Any:
-        return kr_netns.run(self.netns, ["ip", *args], check=check)
+        # `ip -n NS` enters the namespace itself: one process instead of `ip netns exec NS ip`'s two and its
+        # /sys remount (it matters where processes are slow: the QEMU VM, a loaded lab)
+        return kr_netns.run(None, ["ip", *(["-n", self.netns] if self.netns else []), *args], check=check)
 
     def _link_index(self, name: str) -> int | None:
         r = self._ip("-o", "link", "show", "dev", name, check=False)

@@ -58,6 +58,8 @@ def ip_batch(ns: str | None, lines: list[str]) -> None:
 
 
 def out(ns: str, *argv: str, check: bool = True) -> str:
+    if argv[0] == "ip":  # `ip -n` enters the namespace itself: one process, no /sys remount
+        return subprocess.run(["ip", "-n", ns, *argv[1:]], capture_output=True, text=True, check=check).stdout
     return netns.run(ns, list(argv), check=check).stdout
 
 
