@@ -350,9 +350,11 @@ def skip_reason(svc: Service) -> str:
     return ""
 
 
-def build_service(svc: Service, slices: Iterable[EndpointSlice], node: NodeInfo, opts: Options) -> ServiceModel:
-    """The desired model of one Service (pure)."""
-    skey = svc.key
+def build_service(svc: Service, slices: Iterable[EndpointSlice], node: NodeInfo, opts: Options,
+                  key: str | None = None) -> ServiceModel:
+    """The desired model of one Service (pure). ``key``: ``svc.key`` when the caller has it already (the
+    cache's own string, kept by the model instead of a new one per Service)."""
+    skey = key if key is not None else svc.key
     m = ServiceModel(key=skey)
     m.skipped = skip_reason(svc)
     if m.skipped:

@@ -317,7 +317,7 @@ class Plugin:
         if svc is None:
             return ServiceModel(key=key, skipped="deleted")
         try:
-            m = build_service(svc, self.ctx.caches.endpoints_for(key), self.node, self.opts)
+            m = build_service(svc, self.ctx.caches.endpoints_for(key), self.node, self.opts, key)
         except Exception as exc:  # a bug or an input nobody foresaw: this Service only
             log.exception("Service %s: model failed: %s; not served", key, exc)
             self._problem("model-error")
