@@ -44,6 +44,7 @@ class Conn:
         self.read_done = threading.Event()
         self.hold = threading.Event()  # the table read starts once this is set
         self.hold.set()
+        self.stall_after: int | None = None  # event batches delivered before the stream stalls
 
 
 class FakeSpeaker:
@@ -64,8 +65,12 @@ class FakeSpeaker:
             self.conn.end.set()
 
     def table_counts(self) -> tuple[int, ...]:
-        n = sum(len(b) for b in self.conn.table) if self.conn else 0
-        return (n, n, n, -1, -1, -1)
+        """What gobgpd holds once the connection's changes are in (it is always ahead of the stream)."""
+        held: set[str] = set()
+        for batch in (self.conn.table + self.conn.events) if self.conn else []:
+            for p in batch:
+                (held.discard if p.withdraw else held.add)(p.prefix)
+        return (len(held), len(held), len(held), -1, -1, -1)
 
     def watch_changes(self) -> Iterator[tuple[str, list[LearnedPath]]]:
         if not self.script:
@@ -74,7 +79,7 @@ class FakeSpeaker:
         self.conn = self.script.pop(0)
         yield "registered", []
         self.conn.read_done.wait(10)
-        for batch in self.conn.events:
+        for batch in self.conn.events[:self.conn.stall_after]:
             yield "paths", batch
         self.conn.end.wait()
         raise StreamError("gobgpd went away")
@@ -145,6 +150,26 @@ def test_burst_over_many_reads_with_withdraws_and_next_hop_changes(node_ns: str)
     try:
         want = {p: PEER for p in first if p != first[10]} | {first[30]: PEER2, "99.0.0.0/24": PEER}
         settle(i, node_ns, want)
+    finally:
+        i.stop()
+
+
+def test_stream_far_behind_gobgpd_reads_the_table(node_ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst the stream lags far behind on (gobgpd holds 3,500 more paths than it has brought, more than
+    LAG_MIN and two thirds of the table) drops the watch; the same channel's next watch reads the table,
+    which is the truth: what the stream brought and the table no longer has is removed, the rest added."""
+    monkeypatch.setattr(inj, "LAG_MIN", 300)
+    burst = prefixes(4000)
+    first = Conn([[lp("99.0.0.0/24")]], [[lp(p) for p in burst[k:k + 100]] for k in range(0, 600, 100)])
+    first.events.append([lp(p) for p in burst[600:]])  # what gobgpd holds; the stream stops before it ...
+    first.stall_after = 6  # ... and only brings the first 600
+    second = Conn([[lp(p) for p in burst[50:2000]], [lp(p) for p in burst[2000:]] + [lp("99.0.0.0/24", PEER2)]])
+    sp = FakeSpeaker([first, second])
+    i = start(node_ns, [sp])
+    try:
+        settle(i, node_ns, {p: PEER for p in burst[50:]} | {"99.0.0.0/24": PEER2})
+        assert i.stats.catch_ups == 1
+        assert not sp.closed.is_set()  # the same channel, a new watch
     finally:
         i.stop()
 
