@@ -16,9 +16,11 @@ the guest bind-mounts ``xtables-legacy-multi`` over ``xtables-nft-multi``, so pl
 ``iptables`` is iptables-legacy there (pass ``legacy_iptables=False`` to turn it off).
 
 ``kernel="qemu"``: Debian's amd64 kernel (``linux-image-amd64``) under QEMU/TCG, started by
-virtme-ng (``vng``, ``pip install virtme-ng==1.42``). It has everything, nftables included,
-but boots in about 16 s and runs Python about 10x slower than UML (KVM does not work on
-these hosts, so it is always ``--disable-kvm``). Use it when nftables ip/inet is needed.
+virtme-ng (``vng``, ``pip install virtme-ng==1.42``); ``scripts/setup.sh`` installs both. It has
+everything, nftables ip/inet and FoU tunnels included, but boots in 10-30 s (host load) and runs
+Python about 10x slower than UML (KVM does not work on these hosts, so it is always
+``--disable-kvm``). Use it when nftables ip/inet or fou is needed; tests ask for it with
+``@pytest.mark.vm(kernel="qemu")`` (:mod:`kr_core.lab.vmtest`).
 virtme-ng puts guest-only tmpfs/overlays on ``/tmp``, ``/etc``, ``/var``, ...: files the
 host has under ``/tmp`` may not be visible there unless passed in ``rw_dirs``.
 
