@@ -221,6 +221,8 @@ def validate_settings(s: Settings) -> None:
         raise ConfigError("bgp-graceful-restart-time", "must be > 0 and at most 4095s")
     if not 0 < s.bgp_graceful_restart_deferral_time <= 18 * 3600:
         raise ConfigError("bgp-graceful-restart-deferral-time", "must be > 0 and at most 18h")
+    if s.service_vip_mode not in ("address", "route"):  # kr's own flag
+        raise ConfigError("service-vip-mode", f"{s.service_vip_mode!r} is not one of: address, route")
     if s.overlay_type not in ("subnet", "full"):
         raise ConfigError("overlay-type", f"{s.overlay_type!r} is not one of: subnet, full")
     if s.overlay_encap not in ("ipip", "fou", "vxlan"):  # vxlan: a kr extension (kernels without ipip/fou)

@@ -70,6 +70,8 @@ FLAGS: tuple[Flag, ...] = (
     _f("service-tcp-timeout", DURATION, 0.0, "Specify TCP timeout for IPVS services in standard duration syntax (e.g. '5s', '1m'), default 0s preserves default system value.", "service-proxy"),
     _f("service-tcpfin-timeout", DURATION, 0.0, "Specify TCP FIN timeout for IPVS services in standard duration syntax (e.g. '5s', '1m'), default 0s preserves default system value.", "service-proxy"),
     _f("service-udp-timeout", DURATION, 0.0, "Specify UDP timeout for IPVS services in standard duration syntax (e.g. '5s', '1m'), default 0s preserves default system value.", "service-proxy"),
+    # kr's own (kube-router has no such flag): how VIPs are made local on the node
+    _f("service-vip-mode", STR, "address", "How Service VIPs are made local: \"address\" (kube-router's layout: each VIP an address on kube-dummy-if plus its local-table route) or \"route\" (kr: the local-table route alone, no address; the kernel cost stays linear in the VIP count).", "service-proxy"),
     # --- firewall / network policy (2.3)
     _f("iptables-sync-period", DURATION, 300.0, "The delay between iptables rule synchronizations (e.g. '5s', '1m'). Must be greater than 0.", "network-policy"),
     _f("netpol-default-deny", BOOL, False, "Reject traffic to and from local pods whose firewall chain is not yet programmed.", "network-policy"),

@@ -30,7 +30,7 @@ log = logging.getLogger("kr.ipvs_proxy.host")
 DUMMY = "kube-dummy-if"
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_GETROUTE, RTN_LOCAL = 26, 2
-RTA_DST, RTA_OIF, RTA_PRIORITY, RTA_TABLE = 1, 4, 6, 15
+RTA_DST, RTA_OIF, RTA_PRIORITY, RTA_PREFSRC, RTA_TABLE = 1, 4, 6, 7, 15
 _HH = struct.Struct("=HH")
 _U16 = struct.Struct("=H")
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
@@ -188,12 +188,58 @@ class Host:
 
         return nl.dump(RTM_GETADDR, struct.pack("=BBBBI", 0, 0, 0, 0, 0), parse)
 
+    def lo_index(self) -> int:
+        idx = links.link_index(self.ipr, "lo")
+        assert idx is not None
+        return idx
+
+    def dummy_routes(self) -> dict[tuple[int, str], str | None]:
+        """(family, VIP) -> source address of every ``local`` host route (/32, /128) of table local through
+        ``kube-dummy-if``, except the kernel's own route for an address (IPv4: source = the address itself;
+        IPv6: metric 0, no source): what kr installed, in either VIP mode."""
+        idx = self.dummy_index()
+        if idx is None:
+            return {}
+        unpack, hh, ntop = struct.unpack_from, _HH.unpack_from, socket.inet_ntop
+        out: dict[tuple[int, str], str | None] = {}
+
+        def parse(p: memoryview) -> None:
+            af, dst_len, _s, _t, table, _proto, _scope, rtype = unpack("=BBBBBBBB", p, 0)
+            if rtype != RTN_LOCAL or dst_len not in (32, 128) or af not in (socket.AF_INET, socket.AF_INET6):
+                return None
+            off, end = 12, len(p)
+            dst = src = None
+            oif = metric = 0
+            while off + 4 <= end:
+                ln, t = hh(p, off)
+                if ln < 4:
+                    break
+                if t == RTA_DST:
+                    dst = bytes(p[off + 4: off + ln])
+                elif t == RTA_PREFSRC:
+                    src = bytes(p[off + 4: off + ln])
+                elif t == RTA_OIF:
+                    oif = unpack("=I", p, off + 4)[0]
+                elif t == RTA_PRIORITY:
+                    metric = unpack("=I", p, off + 4)[0]
+                elif t == RTA_TABLE:
+                    table = unpack("=I", p, off + 4)[0]
+                off += (ln + 3) & ~3
+            if dst is None or oif != idx or table != TABLE_LOCAL or src == dst or (af == socket.AF_INET6 and metric == 0):
+                return None
+            out[(4 if af == socket.AF_INET else 6, ntop(af, dst))] = ntop(af, src) if src else None
+            return None
+
+        for af in (socket.AF_INET, socket.AF_INET6):
+            self._socket().dump(RTM_GETROUTE, struct.pack("=BBBBBBBBI", af, 0, 0, 0, 0, 0, 0, 0, 0), parse)
+        return out
+
     def dummy_addresses(self) -> set[tuple[int, str]]:
-        """(family, address) of every address on ``kube-dummy-if``."""
+        """(family, address) of every address on ``kube-dummy-if`` but the kernel's IPv6 link-local one."""
         idx = self.dummy_index()
         if idx is None:
             return set()
-        return {(f, a) for i, f, a in self._addresses() if i == idx}
+        return {(f, a) for i, f, a in self._addresses() if i == idx and not a.startswith("fe80:")}
 
     def local_addresses(self) -> list[tuple[str, str]]:
         """(interface name, address) of every address on this node except loopback, link-local and the
@@ -244,13 +290,16 @@ class Host:
         return out
 
     def apply_vip_routes(self, replace: Iterable[tuple[int, str]], delete: Iterable[tuple[int, str]],
-                         node_ips: dict[int, str], index: int) -> links.BatchResult:
+                         node_ips: dict[int, str], index: int, fresh: Iterable[tuple[int, str]] | None = None,
+                         ) -> links.BatchResult:
         """:meth:`apply_routes` of the :meth:`vip_routes` of these VIPs, encoded from templates (no
-        :class:`Route` per VIP; what the kernel refuses is reported as one)."""
+        :class:`Route` per VIP; what the kernel refuses is reported as one). ``fresh``: the VIPs whose
+        address was just added (their IPv6 kernel route is deleted first; default: every IPv6 one of
+        ``replace``); ``index`` is the link the routes go through."""
         pton = socket.inet_pton
         rep = [(f, a) for f, a in replace if node_ips.get(f)]
         dele = [(f, a) for f, a in delete if node_ips.get(f)]
-        v6 = {a: index for f, a in rep if f == 6}
+        v6 = {a: index for f, a in (rep if fresh is None else fresh) if f == 6 and node_ips.get(f)}
         ops = [("delete", f, a, node_ips[f]) for f, a in dele]
         ops += [("delete", 6, a, None) for a in sorted(self.kernel_routes6(v6))]
         ops += [("replace", f, a, node_ips[f]) for f, a in rep]

@@ -118,7 +118,10 @@ class Plugin:
         self.foreign: dict[VKey, Any] = {}  # in the kernel, not ours (adopted only when a Service wants it)
         self.dirty: set[VKey] = set()  # failed applies: re-read from the kernel before the next diff
         self.owned_written: frozenset[VKey] | None = None
-        self.vips: set[tuple[int, str]] = set()  # committed addresses on kube-dummy-if
+        self.vip_mode = "address"  # --service-vip-mode
+        self.vips: set[tuple[int, str]] = set()  # committed VIPs: kr's local-table route through kube-dummy-if
+        self.vip_addrs: set[tuple[int, str]] = set()  # committed addresses on kube-dummy-if (address mode)
+        self.vip_srcs: dict[tuple[int, str], str | None] | None = None  # routes just read, not yet judged
         self.vip_refs: Counter[tuple[int, str]] = Counter()
         self.set_refs: dict[str, Counter[str]] = {}
         self.graceful: dict[tuple[VKey, tuple[str, int]], float] = {}
@@ -145,6 +148,9 @@ class Plugin:
         try:
             self.opts = Options.from_settings(ctx.settings)
             self.excluded = [ipaddress.ip_network(c, strict=False) for c in ctx.settings["excluded-cidrs"]]
+            self.vip_mode = str(ctx.settings["service-vip-mode"])
+            if self.vip_mode not in ("address", "route"):
+                raise ValueError(f"--service-vip-mode {self.vip_mode!r} is not one of: address, route")
         except (ValueError, KeyError) as exc:
             raise PluginConfigError(str(exc)) from exc
         self.metrics = ProxyMetrics(ctx.metrics)
@@ -172,9 +178,10 @@ class Plugin:
         with gc_paused():
             self._adopt()
         self.timings = {"adopt": round(time.perf_counter() - t0, 4), "adopt_ipvs_dump": self.adopt_ipvs_seconds}
-        log.info("adopted %d virtual servers (%d owned by kr, %d foreign), %d VIPs, iptables %s in %.2fs",
-                 len(self.committed) + len(self.foreign), len(self.committed), len(self.foreign), len(self.vips),
-                 self.fw.modes, time.perf_counter() - t0)
+        log.info("adopted %d virtual servers (%d owned by kr, %d foreign), %d VIP routes, %d VIP addresses, "
+                 "iptables %s in %.2fs (VIP mode %s)", len(self.committed) + len(self.foreign), len(self.committed),
+                 len(self.foreign), len(self.vip_srcs or ()), len(self.vip_addrs), self.fw.modes,
+                 time.perf_counter() - t0, self.vip_mode)
         self.started = True
         self.timer = threading.Thread(target=self._graceful_timer, name="ipvs-graceful", daemon=True)
         self.timer.start()
@@ -192,7 +199,7 @@ class Plugin:
             else:
                 self.foreign[k] = (params, dests)
         self.owned_written = frozenset(self.committed)
-        self.vips = self.host.dummy_addresses()
+        self._read_vips()
         self.fw.read_sets()
 
     def _owned_path(self) -> str:
@@ -243,7 +250,7 @@ class Plugin:
         the chains, jumps and sets."""
         assert self.ctx is not None
         host = Host()
-        vips = {a for _, a in host.dummy_addresses()}
+        vips = {a for _, a in host.dummy_addresses()} | {a for _, a in host.dummy_routes()}
         owned = self._read_owned()
         try:
             ipvs = Ipvs()
@@ -389,7 +396,7 @@ class Plugin:
         self._apply(p.ops, desired.vservers)
         self._drain(p.drain)
         t = _lap(tm, "ipvs", t)
-        self._sync_vips({v for m in self.models.values() for v in m.vips})
+        self._sync_vips({v for m in self.models.values() for v in m.vips}, reread=reason == "periodic")
         self.vip_refs = Counter(v for m in self.models.values() for v in m.vips)
         t = _lap(tm, "vips", t)
         self._sync_firewall(desired, full=True, periodic=reason == "periodic")
@@ -496,27 +503,63 @@ class Plugin:
                 self.metrics.owners(self.owner)
 
     # ---------------------------------------------------------------------------------- VIPs and routes
-    def _sync_vips(self, want: set[tuple[int, str]]) -> None:
-        """Make the addresses on ``kube-dummy-if`` ``want`` (a set the caller made: it may be kept)."""
+    def _read_vips(self) -> None:
+        """What the kernel has: the addresses on ``kube-dummy-if`` and kr's local routes through it (judged
+        against this node's IPs by the next :meth:`_sync_vips`)."""
+        assert self.host is not None
+        self.vip_addrs = self.host.dummy_addresses()
+        self.vip_srcs = self.host.dummy_routes()
+
+    def _sync_vips(self, want: set[tuple[int, str]], reread: bool = False) -> None:
+        """Make ``want`` (a set the caller made: it may be kept) the VIPs local on this node: each one's
+        local-table route through ``kube-dummy-if`` (source: the node IP), plus, in ``address`` mode, the
+        VIP as an address on the link; in ``route`` mode no address (any found there is removed).
+
+        ``reread`` (periodic syncs): the kernel's addresses and routes are read again first, so a VIP
+        address or route removed by hand is put back (drift). IPv4 drops every route through a link when
+        its last IPv4 address goes: before that happens, the wanted VIP routes are moved to ``lo`` (a
+        ``replace``, the route never missing), and moved back once the addresses are gone."""
         assert self.host is not None
         if self.dummy_idx is None or self.host.dummy_index() != self.dummy_idx:
             self.dummy_idx = self.host.ensure_dummy()
-            self.vips = self.host.dummy_addresses()
-        add = sorted(want - self.vips)
-        delete = sorted(self.vips - want)
-        if not add and not delete:
+            self._read_vips()
+        elif reread:
+            self._read_vips()
+        ips = self.node.ips
+        if self.vip_srcs is not None:
+            self.vips = {v for v, src in self.vip_srcs.items() if src == ips.get(v[0])}
+            self.vip_srcs = None
+        want_addrs = want if self.vip_mode == "address" else set()
+        add = sorted(want_addrs - self.vip_addrs)
+        delete = sorted(self.vip_addrs - want_addrs)
+        rt_add = want - self.vips
+        rt_del = sorted(self.vips - want)
+        if not (add or delete or rt_add or rt_del):
             return
+        park: list[tuple[int, str]] = []
+        if any(f == 4 for f, _ in delete) and not any(f == 4 for f, _ in want_addrs):
+            park = sorted(v for v in self.vips & want if v[0] == 4)  # the last IPv4 address goes: see above
+            if park:
+                self.host.apply_vip_routes(park, [], ips, self.host.lo_index(), fresh=())
         errs = self.host.apply_addresses(add, delete, self.dummy_idx)
         for op, (_f, a), e in errs[:20]:
             log.error("VIP %s on %s: %s failed: %s", a, DUMMY, op, os.strerror(e))
         bad = {x for _, x, _ in errs}
-        if bad or delete:
-            self.vips = (self.vips - set(delete)) | (set(add) - bad)
-        else:  # only additions, all done: what is there now is exactly what was wanted
+        if bad or delete or self.vip_addrs:
+            self.vip_addrs = (self.vip_addrs - (set(delete) - bad)) | (set(add) - bad)
+        else:  # only additions to nothing, all done: what is there now is exactly what was wanted
+            self.vip_addrs = want_addrs
+        added = [x for x in add if x not in bad] if bad else add
+        replace = rt_add.union(added, park) if added or park else rt_add
+        res = self.host.apply_vip_routes(replace, rt_del, ips, self.dummy_idx, fresh=added)
+        failed = {(4 if "." in r.dst else 6, r.dst.split("/")[0]) for op, r, _e in res.errors if op == "replace"}
+        done = {v for v in replace if ips.get(v[0])} - failed
+        if not rt_del and not self.vips and done == want:
             self.vips = want
-        self.host.apply_vip_routes([x for x in add if x not in bad] if bad else add, delete, self.node.ips,
-                                   self.dummy_idx)
-        log.info("%s: %d VIPs added, %d removed", DUMMY, len(add), len(delete))
+        else:
+            self.vips = (self.vips - set(rt_del)) | done
+        log.info("%s: %d VIP addresses added, %d removed; %d VIP routes set, %d removed (VIP mode %s)", DUMMY,
+                 len(add), len(delete), len(done), len(rt_del), self.vip_mode)
 
     # ---------------------------------------------------------------------------------- firewall
     def _set_entries(self, desired_models: list[ServiceModel]) -> dict[str, Counter[str]]:
@@ -760,6 +803,7 @@ class Plugin:
         return {
             "summary": {"services": len(self.models), "virtual_servers": len(self.committed),
                         "destinations": sum(len(d) for _, d in self.committed.values()), "vips": len(self.vips),
+                        "vip_addresses": len(self.vip_addrs), "service_vip_mode": self.vip_mode,
                         "foreign_virtual_servers": len(self.foreign), "draining": len(self.graceful),
                         "iptables": self.fw.modes if self.fw else {}, **self.counters,
                         "last_sync_seconds": self.timings},
