@@ -13,6 +13,10 @@ dest trash of one phase cannot slow the next), and reported as ratios to the flo
   Before each measurement the guest CPU is let settle (:func:`settle`): a namespace deleted by the
   previous phase is torn down in the background. ``ipvsadm-restore`` of the same objects alongside. Kernel
   modules are loaded beforehand (the floor's and the proxy's), so neither side pays first-use autoloading.
+* the same cold sync with ``--service-vip-mode=route`` (``route_*`` keys, "route mode" rows): VIPs made
+  local by their local-table routes alone, no address on kube-dummy-if, so the kernel's VIP cost is
+  linear in N; its kernel-only floor (the routes alone) alongside; then a periodic sync and a restart's
+  adoption there, which must send nothing.
 * one endpoint change with N Services present: event-to-kernel p50/p99 (the hook call, which applies
   synchronously) and the netlink messages each change sent (a replaced endpoint = 1 del + 1 add).
   Goal: p99 <= 5 ms, exactly the messages needed.
@@ -119,10 +123,11 @@ def ipvsadm_input(n: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def vip_floor(n: int) -> float:
+def vip_floor(n: int, addresses: bool = True) -> float:
     """Seconds the kernel takes to add N /32 addresses to a dummy link and replace their local routes
     (source = node IP), from prebuilt messages sent 1,000 per ``sendmsg``: the floor of the sync's VIP
-    phase (adding an address walks the link's address list, so it grows with the count)."""
+    phase (adding an address walks the link's address list, so it grows with the count). Without
+    ``addresses``: the routes alone (``--service-vip-mode=route``)."""
     import socket as so
     import struct
 
@@ -142,8 +147,10 @@ def vip_floor(n: int) -> float:
         nl = NetlinkSocket(so.NETLINK_ROUTE)
         try:
             batches = []
-            for build, items in ((lambda x, seq, ack: encode_addr("add", 4, x[1], idx, seq, ack), vips),
-                                 (lambda x, seq, ack: encode_route(x, "replace", seq, ack=ack), routes)):
+            work: list[tuple[Any, list[Any]]] = [(lambda x, seq, ack: encode_route(x, "replace", seq, ack=ack), routes)]
+            if addresses:
+                work.insert(0, (lambda x, seq, ack: encode_addr("add", 4, x[1], idx, seq, ack), vips))
+            for build, items in work:
                 base = nl.next_seq(len(items))
                 for b in range(0, len(items), 1000):
                     chunk = items[b:b + 1000]
@@ -296,6 +303,7 @@ def measure(n: int) -> dict[str, Any]:
         p2.call(p2.caller.cleanup)
         p2.stop()
     r["rss_mb_peak"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    route_mode(r, n, objs, waits)
     # the floor once more at the end (the first load after boot is often 2-3x slower, and other work on
     # the host shifts the VM's speed): the ratios use the faster of the two
     with netns.temporary("kr-floor2") as ns:
@@ -306,6 +314,8 @@ def measure(n: int) -> dict[str, Any]:
     r["floor_load_s"] = min(floor_first, floor_last)
     waits["vip_floor"] = settle()
     r["vip_kernel_floor_s"] = vip_floor(n)
+    waits["route_vip_floor"] = settle()
+    r["route_vip_kernel_floor_s"] = vip_floor(n, addresses=False)
     r["settle_waits_s"] = waits
 
     ipvs_s = r["cold_sync_phases_s"].get("ipvs", 0.0)
@@ -316,6 +326,9 @@ def measure(n: int) -> dict[str, Any]:
     r["ratio_cold_sync_ipvs_phase_vs_floor"] = round(ipvs_s / r["floor_load_s"], 2)
     r["ratio_ipvsadm_restore_vs_floor"] = round(r["ipvsadm_restore_s"] / r["floor_load_s"], 1)
     r["ratio_adopt_vs_floor_dump"] = round(r["adopt_ipvs_dump_s"] / r["floor_dump_s"], 2)
+    r["ratio_route_cold_sync_vs_floor"] = round(r["route_cold_sync_s"] / r["floor_load_s"], 2)
+    r["ratio_route_cold_sync_minus_vip_kernel_vs_floor"] = round(
+        (r["route_cold_sync_s"] - r["route_vip_kernel_floor_s"]) / r["floor_load_s"], 2)
     floor_s = r["floor_load_s"]
     r["rows"] = [{"cold sync phase": k, "seconds": v, "x floor": round(v / floor_s, 2)}
                  for k, v in r["cold_sync_phases_s"].items()]
@@ -327,16 +340,73 @@ def measure(n: int) -> dict[str, Any]:
                   {"cold sync phase": "(TOTAL minus the VIP kernel-only time)",
                    "seconds": round(r["cold_sync_s"] - r["vip_kernel_floor_s"], 3),
                    "x floor": r["ratio_cold_sync_minus_vip_kernel_vs_floor"]}]
+    r["rows"] += [{"cold sync phase": f"route mode: {k}", "seconds": v, "x floor": round(v / floor_s, 2)}
+                  for k, v in r["route_cold_sync_phases_s"].items()]
+    r["rows"] += [{"cold sync phase": "route mode: TOTAL", "seconds": r["route_cold_sync_s"],
+                   "x floor": r["ratio_route_cold_sync_vs_floor"]},
+                  {"cold sync phase": "route mode: (kernel only: VIP routes)", "seconds": r["route_vip_kernel_floor_s"],
+                   "x floor": round(r["route_vip_kernel_floor_s"] / floor_s, 2)},
+                  {"cold sync phase": "route mode: (TOTAL minus the VIP kernel-only time)",
+                   "seconds": round(r["route_cold_sync_s"] - r["route_vip_kernel_floor_s"], 3),
+                   "x floor": r["ratio_route_cold_sync_minus_vip_kernel_vs_floor"]}]
     goals = {
         "cold_sync <= 4x floor": (r["ratio_cold_sync_vs_floor"], r["ratio_cold_sync_vs_floor"] <= 4),
         "endpoint change p99 <= 5 ms": (r["endpoint_change_p99_ms"], r["endpoint_change_p99_ms"] <= 5),
         "endpoint change sends exactly 2 messages": (r["endpoint_change_messages"], r["endpoint_change_messages"] == [2]),
         "periodic sync, nothing changed: 0 messages": (r["periodic_sync_messages"], r["periodic_sync_messages"] == 0),
         "restart: initial sync sends 0 messages": (r["adopt_initial_sync_messages"], r["adopt_initial_sync_messages"] == 0),
+        "route mode: cold_sync <= 4x floor": (r["ratio_route_cold_sync_vs_floor"], r["ratio_route_cold_sync_vs_floor"] <= 4),
+        "route mode: periodic sync and restart send 0 messages, no VIP address": (
+            [r["route_periodic_sync_messages"], r["route_adopt_initial_sync_messages"], r["route_vip_addresses"]],
+            r["route_periodic_sync_messages"] == r["route_adopt_initial_sync_messages"] == r["route_vip_addresses"] == 0),
         "RSS <= 300 MB": (r["rss_mb_peak"], r["rss_mb_peak"] <= 300),
     }
     r["goals"] = {g: {"measured": m, "met": ok} for g, (m, ok) in goals.items()}
     return r
+
+
+def route_mode(r: dict[str, Any], n: int, objs: list[Any], waits: dict[str, float]) -> None:
+    """The cold sync again with ``--service-vip-mode=route`` (the VIPs' local routes, no addresses), in a
+    fresh namespace; then a periodic sync and a restart's adoption, which must send nothing."""
+    from kr_core.net import netns
+    from tests.plugins.ipvs_proxy.vmkit import Proxy
+
+    gc.collect()
+    state = tempfile.mkdtemp(prefix="kr-bench-state-route.")
+    flags = {"service-vip-mode": "route"}
+    with netns.temporary("kr-bench-route") as ns:
+        sh(f"ip -n {ns} link add eth0 type dummy && ip -n {ns} addr add 192.168.60.1/24 dev eth0 && "
+           f"ip -n {ns} link set eth0 up")
+        p = Proxy(ns, state, objs, flags=flags)
+        p.call(p.caller.configure, p.ctx)
+        p.feed.start(p.caches, lambda ev, p=p: p.call(p.caller.deliver, ev))
+        p.call(p.caller.start, p.ctx)
+        waits["route_cold_sync"] = settle()
+        t0 = time.perf_counter()
+        p.sync("initial")
+        r["route_cold_sync_s"] = round(time.perf_counter() - t0, 3)
+        st = p.state()["summary"]
+        r["route_cold_sync_phases_s"] = st["last_sync_seconds"]
+        assert st["virtual_servers"] == n and st["vips"] == n, st
+        r["route_vip_addresses"] = int(sh(f"ip -n {ns} -o addr show dev kube-dummy-if | grep -c ' inet ' || true") or 0)
+        before = p.plugin.counters["netlink_messages"]
+        t0 = time.perf_counter()
+        p.sync("periodic")
+        r["route_periodic_sync_s"] = round(time.perf_counter() - t0, 3)
+        r["route_periodic_sync_messages"] = p.plugin.counters["netlink_messages"] - before
+        p.stop()
+        del p
+        gc.collect()
+        p2 = Proxy(ns, state, objs, flags=flags)
+        p2.call(p2.caller.configure, p2.ctx)
+        p2.feed.start(p2.caches, lambda ev, p2=p2: p2.call(p2.caller.deliver, ev))
+        p2.call(p2.caller.start, p2.ctx)
+        r["route_adopt_s"] = p2.plugin.timings["adopt"]
+        p2.sync("initial")
+        r["route_adopt_initial_sync_messages"] = p2.plugin.counters["netlink_messages"]
+        r["route_adopt_initial_sync_vip_s"] = p2.plugin.timings.get("vips", 0.0)
+        p2.call(p2.caller.cleanup)
+        p2.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

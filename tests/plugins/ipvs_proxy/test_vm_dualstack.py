@@ -5,7 +5,9 @@ Services: ``ds`` (ipFamilies [IPv4, IPv6], NodePort, TCP and UDP, backends a, b,
 ``v6`` (IPv6 only, NodePort, TCP, backends a and c) and ``dns`` (dual stack ClusterIP, UDP only, backends a
 and c: a UDP client with a fixed source port when its endpoint is removed, and what moves it: the kernel's
 ``expire_nodest_conn``, not the ``conntrack -D`` kr runs like kube-router). One topology and one proxy for
-the module; the tests run in file order and each leaves the Services as the next expects.
+the module per ``--service-vip-mode`` (the module runs once with VIPs as addresses on ``kube-dummy-if``,
+once with the local routes alone); the tests run in file order and each leaves the Services as the next
+expects.
 """
 
 from __future__ import annotations
@@ -96,13 +98,13 @@ def topo() -> Iterator[Topology]:
     t.close()
 
 
-@pytest.fixture(scope="module")
-def proxy(topo: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+@pytest.fixture(scope="module", params=["address", "route"])
+def proxy(topo: Topology, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Proxy]:
     state = str(tmp_path_factory.mktemp("kr-state"))
     p = Proxy(topo.ns["node-1"], state, [node_obj("node-1"), node_obj("node-2"), ds_svc(), *ds_slices(),
                                          v6_svc(), *slices("v6", ("a", "c"), TCP_PORTS, (6,)),
                                          dns_svc(), *dns_slices()],
-              flags={"enable-ipv6": True})
+              flags={"enable-ipv6": True, "service-vip-mode": request.param})
     try:
         p.start()
         yield p
@@ -130,8 +132,11 @@ def test_ipv6_kernel_state(topo: Topology, proxy: Proxy) -> None:
                  f"TCP  [{NODE_IPS6['node-1']}]:{NP_V6} rr", f"UDP  [{DNS6}]:53 rr", f"-> [{PODS6['c']}]:8080"):
         assert line in out, (line, out)
     assert f"{NODE_IPS['node-1']}:{NP_V6}" not in out  # a single-stack IPv6 Service has no IPv4 NodePort
-    dummy = sh(ns, "ip -6 addr show kube-dummy-if")
-    assert all(v in dummy for v in (DS6, V6, DNS6)), dummy
+    dummy = sh(ns, "ip addr show kube-dummy-if")
+    mode = proxy.ctx.settings["service-vip-mode"]
+    for v in (DS4, DS6, V6, DNS6):  # addresses only in address mode; the local route in both
+        assert (v in dummy) == (mode == "address"), (mode, v, dummy)
+    assert f"src {NODE_IPS['node-1']}" in sh(ns, f"ip route show table local {DS4}")
     assert f"src {NODE_IPS6['node-1']}" in sh(ns, f"ip -6 route show table local {V6}")
     assert f"{V6},tcp:80" in sh(ns, "ipset list inet6:kube-router-svip-prt")
     save6 = sh(ns, "ip6tables-save")

@@ -1,7 +1,8 @@
 """Real IPVS, real packets (inside the VM): the plugin for node-1 of a two-node namespace topology.
 
-One topology and one proxy for the module (UML is slow to build namespaces); the tests run in file order
-and each leaves the Services as the next expects. Run: ``.venv/bin/pytest tests/plugins/ipvs_proxy -m vm``.
+One topology for the module (UML is slow to build namespaces) and one proxy per ``--service-vip-mode``
+(every test using it runs in both modes); the tests run in file order and each leaves the Services as the
+next expects. Run: ``.venv/bin/pytest tests/plugins/ipvs_proxy -m vm``.
 """
 
 from __future__ import annotations
@@ -42,11 +43,16 @@ def topo():
     t.close()
 
 
-@pytest.fixture(scope="module")
-def proxy(topo, tmp_path_factory):
+def objects():
+    return [node("node-1", NODE_IPS["node-1"], "10.244.1.0/24"), node("node-2", NODE_IPS["node-2"], "10.244.2.0/24"),
+            web(), web_eps()]
+
+
+@pytest.fixture(scope="module", params=["address", "route"])
+def proxy(topo, tmp_path_factory, request):
     state = str(tmp_path_factory.mktemp("kr-state"))
-    p = Proxy(topo.ns["node-1"], state, [node("node-1", NODE_IPS["node-1"], "10.244.1.0/24"),
-                                         node("node-2", NODE_IPS["node-2"], "10.244.2.0/24"), web(), web_eps()])
+    p = Proxy(topo.ns["node-1"], state, objects(), flags={"service-vip-mode": request.param})
+    p.mode = request.param
     p.start()
     yield p
     p.stop()
@@ -65,7 +71,28 @@ def who(answers):
     return collections.Counter(a.split()[0] for a in answers if a)
 
 
+def restart(topo, proxy, mode):
+    """Stop the agent, start a new one on the same node and state dir (``--service-vip-mode`` ``mode``);
+    ``proxy`` then drives the new one. Returns it."""
+    proxy.stop()
+    p2 = Proxy(topo.ns["node-1"], proxy.ctx.state_dir, objects(), flags={"service-vip-mode": mode})
+    p2.start()
+    proxy.caller, proxy.plugin, proxy.feed = p2.caller, p2.plugin, p2.feed
+    return p2
+
+
+def vip_layout(topo, mode):
+    """Each VIP local through its route (source: the node IP) in both modes; an address only in address mode."""
+    ns = topo.ns["node-1"]
+    dummy = sh(ns, "ip addr show kube-dummy-if")
+    for vip in (CIP, EIP, LBIP):
+        assert (f"inet {vip}/32" in dummy) == (mode == "address"), (mode, vip, dummy)
+        route = sh(ns, f"ip route show table local {vip}")
+        assert f"local {vip} dev kube-dummy-if proto kernel scope host src {NODE_IPS['node-1']}" in route, route
+
+
 def test_clusterip_from_pod_spreads_over_all_backends(topo, proxy):
+    vip_layout(topo, proxy.mode)
     out = ipvsadm(topo)
     assert f"TCP  {CIP}:80 rr" in out and f"UDP  {CIP}:53 rr" in out, out
     answers = [topo.ask("a", CIP, 80, timeout=1.5) for _ in range(6)]
@@ -143,11 +170,8 @@ def test_restart_keeps_established_connections_and_adopts(topo, proxy, tmp_path_
     first = [converse(c) for c in conns]
     assert all(first), first
     before = table(topo)
-    proxy.stop()
     # a new agent on the same node and state dir: adopts, changes nothing, connections keep working
-    p2 = Proxy(topo.ns["node-1"], proxy.ctx.state_dir, [node("node-1", NODE_IPS["node-1"], "10.244.1.0/24"),
-                                                        node("node-2", NODE_IPS["node-2"], "10.244.2.0/24"), web(), web_eps()])
-    p2.start()
+    p2 = restart(topo, proxy, proxy.mode)
     try:
         assert table(topo) == before
         assert p2.state()["summary"]["netlink_messages"] == 0, p2.state()["summary"]
@@ -161,7 +185,32 @@ def test_restart_keeps_established_connections_and_adopts(topo, proxy, tmp_path_
         assert p2.state()["summary"]["netlink_messages"] == n_vs
     finally:
         p2.feed.update(web_eps())
-        proxy.caller, proxy.plugin, proxy.feed = p2.caller, p2.plugin, p2.feed
+
+
+def test_vip_mode_switch_across_restarts_keeps_connections(topo, proxy):
+    """address -> route -> address (or the reverse): established connections to the externalIP keep
+    working through both restarts, the addresses come and go, the VIP routes stay; new connections from
+    ext, a pod and the node itself work in each mode."""
+    other = "route" if proxy.mode == "address" else "address"
+    conns = [topo.connect("ext", EIP, 80) for _ in range(3)]
+    first = [converse(c) for c in conns]
+    assert all(first), first
+    try:
+        for mode in (other, proxy.mode):
+            p = restart(topo, proxy, mode)
+            vip_layout(topo, mode)
+            assert p.state()["summary"]["service_vip_mode"] == mode
+            assert p.state()["summary"]["netlink_messages"] == 0  # IPVS untouched
+            again = [converse(c) for c in conns]
+            assert again == first, (mode, first, again)
+            assert who(topo.ask("ext", EIP, 80) for _ in range(3)) == {"a": 1, "b": 1, "c": 1}, mode
+            # pod b reaching itself through the VIP would need hairpin: one of three fails
+            assert who(topo.ask("b", CIP, 80, timeout=1.5) for _ in range(3)) == {"a": 1, "c": 1}, mode
+            node_answers = [topo.ask("node-1", CIP, 80) for _ in range(3)]
+            assert all(node_answers), (mode, node_answers)
+    finally:
+        for c in conns:
+            c.close()
 
 
 def test_bad_annotations_do_not_stop_good_services(topo, proxy):
@@ -179,6 +228,7 @@ def test_bad_annotations_do_not_stop_good_services(topo, proxy):
     proxy.feed.delete(bad)
     assert "10.96.0.20" not in ipvsadm(topo)
     assert "10.96.0.20" not in sh(topo.ns["node-1"], "ip addr show kube-dummy-if")
+    assert "10.96.0.20" not in sh(topo.ns["node-1"], "ip route show table local")
     assert "10.96.0.20" not in sh(topo.ns["node-1"], "ipset list kube-router-svip")
 
 
@@ -187,8 +237,10 @@ def test_drift_repaired_by_periodic_sync(topo, proxy):
     sh(topo.ns["node-1"], f"ipset del kube-router-svip-prt {EIP},tcp:80")
     sh(topo.ns["node-1"], "iptables -F KUBE-ROUTER-SERVICES")
     sh(topo.ns["node-1"], f"ipvsadm -d -t {LBIP}:80 -r {PODS['a'][1]}:8080")
+    sh(topo.ns["node-1"], f"ip route del local {CIP} dev kube-dummy-if table local")  # the VIP no longer local
     assert f"{EIP}:80" not in ipvsadm(topo)
     proxy.sync("periodic")
+    vip_layout(topo, proxy.mode)
     out = ipvsadm(topo)
     assert f"TCP  {EIP}:80 rr" in out and out.count("Masq") >= 3 * 8
     assert f"{EIP},tcp:80" in sh(topo.ns["node-1"], "ipset list kube-router-svip-prt")
