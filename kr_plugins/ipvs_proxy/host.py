@@ -291,18 +291,24 @@ class Host:
 
     def apply_vip_routes(self, replace: Iterable[tuple[int, str]], delete: Iterable[tuple[int, str]],
                          node_ips: dict[int, str], index: int, fresh: Iterable[tuple[int, str]] | None = None,
-                         ) -> links.BatchResult:
+                         no_src: bool = False) -> links.BatchResult:
         """:meth:`apply_routes` of the :meth:`vip_routes` of these VIPs, encoded from templates (no
         :class:`Route` per VIP; what the kernel refuses is reported as one). ``fresh``: the VIPs whose
         address was just added (their IPv6 kernel route is deleted first; default: every IPv6 one of
-        ``replace``); ``index`` is the link the routes go through."""
+        ``replace``); ``index`` is the link the routes go through. A VIP of a family without a node IP
+        gets no route, or with ``no_src`` (route mode: the route is all that makes it local) one without
+        a source address."""
         pton = socket.inet_pton
-        rep = [(f, a) for f, a in replace if node_ips.get(f)]
-        dele = [(f, a) for f, a in delete if node_ips.get(f)]
+        if no_src:
+            node_ips = {4: node_ips.get(4) or "", 6: node_ips.get(6) or ""}
+            rep, dele = list(replace), list(delete)
+        else:
+            rep = [(f, a) for f, a in replace if node_ips.get(f)]
+            dele = [(f, a) for f, a in delete if node_ips.get(f)]
         v6 = {a: index for f, a in (rep if fresh is None else fresh) if f == 6 and node_ips.get(f)}
-        ops = [("delete", f, a, node_ips[f]) for f, a in dele]
+        ops: list[tuple[str, int, str, str | None]] = [("delete", f, a, node_ips[f] or None) for f, a in dele]
         ops += [("delete", 6, a, None) for a in sorted(self.kernel_routes6(v6))]
-        ops += [("replace", f, a, node_ips[f]) for f, a in rep]
+        ops += [("replace", f, a, node_ips[f] or None) for f, a in rep]
         res = links.BatchResult()
         if not ops:
             return res

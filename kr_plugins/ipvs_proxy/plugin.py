@@ -396,7 +396,8 @@ class Plugin:
         self._apply(p.ops, desired.vservers)
         self._drain(p.drain)
         t = _lap(tm, "ipvs", t)
-        self._sync_vips({v for m in self.models.values() for v in m.vips}, reread=reason == "periodic")
+        # the initial sync follows the adoption's read; any later full sync reads again (drift, a new node IP)
+        self._sync_vips({v for m in self.models.values() for v in m.vips}, reread=reason != "initial")
         self.vip_refs = Counter(v for m in self.models.values() for v in m.vips)
         t = _lap(tm, "vips", t)
         self._sync_firewall(desired, full=True, periodic=reason == "periodic")
@@ -515,8 +516,9 @@ class Plugin:
         local-table route through ``kube-dummy-if`` (source: the node IP), plus, in ``address`` mode, the
         VIP as an address on the link; in ``route`` mode no address (any found there is removed).
 
-        ``reread`` (periodic syncs): the kernel's addresses and routes are read again first, so a VIP
-        address or route removed by hand is put back (drift). IPv4 drops every route through a link when
+        ``reread`` (full syncs but the initial one): the kernel's addresses and routes are read again first,
+        so a VIP address or route removed by hand is put back (drift), and routes whose source is no longer
+        the node IP are replaced. IPv4 drops every route through a link when
         its last IPv4 address goes: before that happens, the wanted VIP routes are moved to ``lo`` (a
         ``replace``, the route never missing), and moved back once the addresses are gone."""
         assert self.host is not None
@@ -527,9 +529,10 @@ class Plugin:
             self._read_vips()
         ips = self.node.ips
         if self.vip_srcs is not None:
-            self.vips = {v for v, src in self.vip_srcs.items() if src == ips.get(v[0])}
+            self.vips = {v for v, src in self.vip_srcs.items() if src == (ips.get(v[0]) or None)}
             self.vip_srcs = None
-        want_addrs = want if self.vip_mode == "address" else set()
+        route_mode = self.vip_mode == "route"
+        want_addrs = set() if route_mode else want
         add = sorted(want_addrs - self.vip_addrs)
         delete = sorted(self.vip_addrs - want_addrs)
         rt_add = want - self.vips
@@ -540,7 +543,7 @@ class Plugin:
         if any(f == 4 for f, _ in delete) and not any(f == 4 for f, _ in want_addrs):
             park = sorted(v for v in self.vips & want if v[0] == 4)  # the last IPv4 address goes: see above
             if park:
-                self.host.apply_vip_routes(park, [], ips, self.host.lo_index(), fresh=())
+                self.host.apply_vip_routes(park, [], ips, self.host.lo_index(), fresh=(), no_src=route_mode)
         errs = self.host.apply_addresses(add, delete, self.dummy_idx)
         for op, (_f, a), e in errs[:20]:
             log.error("VIP %s on %s: %s failed: %s", a, DUMMY, op, os.strerror(e))
@@ -551,9 +554,9 @@ class Plugin:
             self.vip_addrs = want_addrs
         added = [x for x in add if x not in bad] if bad else add
         replace = rt_add.union(added, park) if added or park else rt_add
-        res = self.host.apply_vip_routes(replace, rt_del, ips, self.dummy_idx, fresh=added)
+        res = self.host.apply_vip_routes(replace, rt_del, ips, self.dummy_idx, fresh=added, no_src=route_mode)
         failed = {(4 if "." in r.dst else 6, r.dst.split("/")[0]) for op, r, _e in res.errors if op == "replace"}
-        done = {v for v in replace if ips.get(v[0])} - failed
+        done = (set(replace) if route_mode else {v for v in replace if ips.get(v[0])}) - failed
         if not rt_del and not self.vips and done == want:
             self.vips = want
         else:

@@ -41,11 +41,11 @@ def ns() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def agent(ns: str, mode: str) -> Iterator[Plugin]:
+def agent(ns: str, mode: str, ips: dict[int, str] | None = None) -> Iterator[Plugin]:
     """The plugin's VIP half, as a start would make it: the link ensured, what is there adopted."""
     p = Plugin()
     p.vip_mode = mode
-    p.node = NodeInfo(name="node-1", ips={4: NODE4, 6: NODE6})
+    p.node = NodeInfo(name="node-1", ips={4: NODE4, 6: NODE6} if ips is None else ips)
     with netns.in_netns(ns):
         p.host = Host()
         try:
@@ -150,3 +150,23 @@ def test_address_mode_drift_repaired_by_periodic_read(ns: str) -> None:
         ip(ns, "-6 route del local fd00:96::11 dev kube-dummy-if table local")
         sync(p, ns, VIPS, reread=True)
         expect(ns, "address", VIPS)
+
+
+@pytest.mark.vm
+def test_route_mode_without_a_node_ip_of_the_family(ns: str) -> None:
+    """Route mode, no IPv6 node IP: the IPv6 VIPs still get their local route (no source; in address mode
+    the address's own route would make them local); once the node IP is known a full sync's read
+    replaces them with ones carrying it."""
+    with agent(ns, "route", ips={4: NODE4}) as p:
+        sync(p, ns, VIPS)
+        for a in ("fd00:96::10", "fd00:96::11"):
+            route = ip(ns, f"-6 route show table local {a}")
+            assert f"local {a} dev kube-dummy-if" in route and "src" not in route, route
+        assert p.vips == VIPS
+    with agent(ns, "route", ips={4: NODE4}) as p:  # adopted as they are
+        p.host.apply_vip_routes = p.host.apply_addresses = None  # type: ignore[assignment, method-assign]
+        sync(p, ns, VIPS)
+    with agent(ns, "route", ips={4: NODE4}) as p:
+        p.node = NodeInfo(name="node-1", ips={4: NODE4, 6: NODE6})
+        sync(p, ns, VIPS, reread=True)
+        expect(ns, "route", VIPS)

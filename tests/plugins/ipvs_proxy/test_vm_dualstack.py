@@ -90,21 +90,28 @@ def dns_slices(pods: tuple[str, ...] = ("a", "c")) -> list:
     return slices("dns", pods, UDP_PORTS)
 
 
+@pytest.fixture(scope="module", params=["address", "route"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """``--service-vip-mode``: each mode gets its own topology (IPVS connection entries a mode's tests
+    leave behind would steer the next mode's connections from the same pods: ``conn_reuse_mode=0``)."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def topo() -> Iterator[Topology]:
+def topo(mode: str) -> Iterator[Topology]:
     t = Topology(ipv6=True)
     sh(t.ns["ext"], f"ip route add 10.96.1.0/24 via {NODE_IPS['node-1']}")  # this module's IPv4 cluster IPs
     yield t
     t.close()
 
 
-@pytest.fixture(scope="module", params=["address", "route"])
-def proxy(topo: Topology, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Proxy]:
+@pytest.fixture(scope="module")
+def proxy(topo: Topology, mode: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
     state = str(tmp_path_factory.mktemp("kr-state"))
     p = Proxy(topo.ns["node-1"], state, [node_obj("node-1"), node_obj("node-2"), ds_svc(), *ds_slices(),
                                          v6_svc(), *slices("v6", ("a", "c"), TCP_PORTS, (6,)),
                                          dns_svc(), *dns_slices()],
-              flags={"enable-ipv6": True, "service-vip-mode": request.param})
+              flags={"enable-ipv6": True, "service-vip-mode": mode})
     try:
         p.start()
         yield p

@@ -1,7 +1,7 @@
 """Real IPVS, real packets (inside the VM): the plugin for node-1 of a two-node namespace topology.
 
-One topology for the module (UML is slow to build namespaces) and one proxy per ``--service-vip-mode``
-(every test using it runs in both modes); the tests run in file order and each leaves the Services as the
+One topology and one proxy for the module per ``--service-vip-mode`` (every test using them runs in both
+modes); the tests run in file order and each leaves the Services as the
 next expects. Run: ``.venv/bin/pytest tests/plugins/ipvs_proxy -m vm``.
 """
 
@@ -36,8 +36,15 @@ def web_eps(pods=("a", "b", "c")):
                ports=[{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 5353, "protocol": "UDP"}])
 
 
+@pytest.fixture(scope="module", params=["address", "route"])
+def mode(request):
+    """``--service-vip-mode``: each mode gets its own topology (IPVS connection entries a mode's tests
+    leave behind would steer the next mode's connections from the same pods: ``conn_reuse_mode=0``)."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def topo():
+def topo(mode):
     t = Topology()
     yield t
     t.close()
@@ -48,11 +55,11 @@ def objects():
             web(), web_eps()]
 
 
-@pytest.fixture(scope="module", params=["address", "route"])
-def proxy(topo, tmp_path_factory, request):
+@pytest.fixture(scope="module")
+def proxy(topo, mode, tmp_path_factory):
     state = str(tmp_path_factory.mktemp("kr-state"))
-    p = Proxy(topo.ns["node-1"], state, objects(), flags={"service-vip-mode": request.param})
-    p.mode = request.param
+    p = Proxy(topo.ns["node-1"], state, objects(), flags={"service-vip-mode": mode})
+    p.mode = mode
     p.start()
     yield p
     p.stop()
