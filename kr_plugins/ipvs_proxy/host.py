@@ -200,38 +200,13 @@ class Host:
         idx = self.dummy_index()
         if idx is None:
             return {}
-        unpack, hh, ntop = struct.unpack_from, _HH.unpack_from, socket.inet_ntop
+        ntop = socket.inet_ntop
         out: dict[tuple[int, str], str | None] = {}
-
-        def parse(p: memoryview) -> None:
-            af, dst_len, _s, _t, table, _proto, _scope, rtype = unpack("=BBBBBBBB", p, 0)
-            if rtype != RTN_LOCAL or dst_len not in (32, 128) or af not in (socket.AF_INET, socket.AF_INET6):
-                return None
-            off, end = 12, len(p)
-            dst = src = None
-            oif = metric = 0
-            while off + 4 <= end:
-                ln, t = hh(p, off)
-                if ln < 4:
-                    break
-                if t == RTA_DST:
-                    dst = bytes(p[off + 4: off + ln])
-                elif t == RTA_PREFSRC:
-                    src = bytes(p[off + 4: off + ln])
-                elif t == RTA_OIF:
-                    oif = unpack("=I", p, off + 4)[0]
-                elif t == RTA_PRIORITY:
-                    metric = unpack("=I", p, off + 4)[0]
-                elif t == RTA_TABLE:
-                    table = unpack("=I", p, off + 4)[0]
-                off += (ln + 3) & ~3
-            if dst is None or oif != idx or table != TABLE_LOCAL or src == dst or (af == socket.AF_INET6 and metric == 0):
-                return None
-            out[(4 if af == socket.AF_INET else 6, ntop(af, dst))] = ntop(af, src) if src else None
-            return None
-
         for af in (socket.AF_INET, socket.AF_INET6):
-            self._socket().dump(RTM_GETROUTE, struct.pack("=BBBBBBBBI", af, 0, 0, 0, 0, 0, 0, 0, 0), parse)
+            fam = 4 if af == socket.AF_INET else 6
+            for dst, src, oif, metric in self._local_host_routes(af):
+                if oif == idx and src != dst and not (fam == 6 and metric == 0):
+                    out[(fam, ntop(af, dst))] = ntop(af, src) if src else None
         return out
 
     def dummy_addresses(self) -> set[tuple[int, str]]:
@@ -393,20 +368,31 @@ class Host:
 
     def _local_routes6(self) -> list[tuple[str, int]]:
         """(address, link index) of the IPv6 ``local``-type, metric-0, /128 routes of table local."""
-        unpack, hh, ntop = struct.unpack_from, _HH.unpack_from, socket.inet_ntop
+        ntop = socket.inet_ntop
+        return [(ntop(socket.AF_INET6, dst), oif) for dst, _src, oif, metric in self._local_host_routes(socket.AF_INET6)
+                if metric == 0]
 
-        def parse(p: memoryview) -> tuple[str, int] | None:
-            af, dst_len, _s, _t, table, _proto, _scope, rtype = unpack("=BBBBBBBB", p, 0)
-            if af != socket.AF_INET6 or dst_len != 128 or rtype != RTN_LOCAL:
+    def _local_host_routes(self, af: int) -> list[tuple[bytes, bytes | None, int, int]]:
+        """(destination, preferred source, link index, metric) of the family's ``local``-type host routes
+        (/32, /128) of table local: one raw dump, attributes walked by hand (a hot read at 10k VIPs)."""
+        unpack, hh = struct.unpack_from, _HH.unpack_from
+        host_len = 32 if af == socket.AF_INET else 128
+
+        def parse(p: memoryview) -> tuple[bytes, bytes | None, int, int] | None:
+            rf, dst_len, _s, _t, table, _proto, _scope, rtype = unpack("=BBBBBBBB", p, 0)
+            if rf != af or dst_len != host_len or rtype != RTN_LOCAL:
                 return None
             off, end = 12, len(p)
-            dst, oif, metric = None, 0, 0
+            dst = src = None
+            oif = metric = 0
             while off + 4 <= end:
                 ln, t = hh(p, off)
                 if ln < 4:
                     break
                 if t == RTA_DST:
                     dst = bytes(p[off + 4: off + ln])
+                elif t == RTA_PREFSRC:
+                    src = bytes(p[off + 4: off + ln])
                 elif t == RTA_OIF:
                     oif = unpack("=I", p, off + 4)[0]
                 elif t == RTA_PRIORITY:
@@ -414,12 +400,11 @@ class Host:
                 elif t == RTA_TABLE:
                     table = unpack("=I", p, off + 4)[0]
                 off += (ln + 3) & ~3
-            if dst is None or table != TABLE_LOCAL or metric != 0:
+            if dst is None or table != TABLE_LOCAL:
                 return None
-            return ntop(socket.AF_INET6, dst), oif
+            return dst, src, oif, metric
 
-        return self._socket().dump(RTM_GETROUTE, struct.pack("=BBBBBBBBI", socket.AF_INET6, 0, 0, 0, 0, 0, 0, 0, 0),
-                                   parse)
+        return self._socket().dump(RTM_GETROUTE, struct.pack("=BBBBBBBBI", af, 0, 0, 0, 0, 0, 0, 0, 0), parse)
 
     # ---------------------------------------------------------------------------------- sysctls
     def set_sysctls(self, interfaces: Iterable[str] = ()) -> None:
