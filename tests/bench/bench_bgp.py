@@ -33,7 +33,7 @@ from kr_plugins.bgp_routing.speaker import Speaker
 from kr_plugins.bgp_routing.stubs import load
 from tests.bench.route_watch import RouteWatch
 from tests.plugins.bgp_routing.conftest import need_bgp_tools
-from tests.plugins.bgp_routing.netlab import EXT_IP, LabNode, NetLab, wait_for
+from tests.plugins.bgp_routing.netlab import EXT_IP, LabNode, NetLab, prefixes_24, wait_for
 
 REPEAT = 5
 
@@ -57,10 +57,6 @@ def _routed(node: LabNode, prefixes: list[str]) -> bool:
 def _all_in(node: LabNode, prefixes: list[str]) -> bool:
     """All ``prefixes`` in the kernel: sample lookups first, the (costly) full count only when they pass."""
     return _routed(node, [prefixes[0], prefixes[len(prefixes) // 2], prefixes[-1]]) and _count(node) == len(prefixes)
-
-
-def _prefixes(n: int) -> list[str]:
-    return [f"{100 + i // 65536}.{(i // 256) % 256}.{i % 256}.0/24" for i in range(n)]
 
 
 def _poll_rib(sp: Speaker, n: int, out: dict[str, float]) -> None:
@@ -113,11 +109,8 @@ def bird_bulk(n: int) -> dict[str, Any]:
     lab = NetLab(1)
     try:
         node = lab.nodes[0]
-        prefixes = _prefixes(n)
-        lab.start_bird([node], exports=prefixes, exports_disabled=True)
-        node.annotations = {"kube-router.io/peers": f"- remoteip: {EXT_IP}\n  remoteasn: 64600\n"}
-        lab.start_agent(node)
-        lab.wait_established(node, [EXT_IP], timeout=30)
+        prefixes = prefixes_24(n)
+        lab.peer_with_bird_announcing(node, prefixes)
         twin = _twin(lab, node)
         adds, dels, b_adds, b_dels, p_adds, p_dels = [], [], [], [], [], []
         watch = RouteWatch(node.ns)

@@ -200,6 +200,20 @@ def rss_mb() -> float:
     return 0.0
 
 
+def started_proxy(ns: str, state: str, objs: list[Any], flags: dict[str, Any] | None = None) -> Any:
+    """The plugin in ``ns`` (given a node link with its address), configured, fed ``objs`` and started: ready
+    for its initial sync."""
+    from tests.plugins.ipvs_proxy.vmkit import Proxy
+
+    sh(f"ip -n {ns} link add eth0 type dummy && ip -n {ns} addr add 192.168.60.1/24 dev eth0 && "
+       f"ip -n {ns} link set eth0 up")
+    p = Proxy(ns, state, objs, flags=flags)
+    p.call(p.caller.configure, p.ctx)
+    p.feed.start(p.caches, lambda ev: p.call(p.caller.deliver, ev))
+    p.call(p.caller.start, p.ctx)
+    return p
+
+
 def measure(n: int) -> dict[str, Any]:
     from kr_core.events import EventType
     from kr_core.model import Resource
@@ -233,12 +247,7 @@ def measure(n: int) -> dict[str, Any]:
     r["rss_mb_objects_built"] = round(rss_mb(), 1)
     state = tempfile.mkdtemp(prefix="kr-bench-state.")
     with netns.temporary("kr-bench") as ns:
-        sh(f"ip -n {ns} link add eth0 type dummy && ip -n {ns} addr add 192.168.60.1/24 dev eth0 && "
-           f"ip -n {ns} link set eth0 up")
-        p = Proxy(ns, state, objs)
-        p.call(p.caller.configure, p.ctx)
-        p.feed.start(p.caches, lambda ev, p=p: p.call(p.caller.deliver, ev))
-        p.call(p.caller.start, p.ctx)
+        p = started_proxy(ns, state, objs)
         waits["cold_sync"] = settle()
         t0 = time.perf_counter()
         p.sync("initial")
@@ -375,12 +384,7 @@ def route_mode(r: dict[str, Any], n: int, objs: list[Any], waits: dict[str, floa
     state = tempfile.mkdtemp(prefix="kr-bench-state-route.")
     flags = {"service-vip-mode": "route"}
     with netns.temporary("kr-bench-route") as ns:
-        sh(f"ip -n {ns} link add eth0 type dummy && ip -n {ns} addr add 192.168.60.1/24 dev eth0 && "
-           f"ip -n {ns} link set eth0 up")
-        p = Proxy(ns, state, objs, flags=flags)
-        p.call(p.caller.configure, p.ctx)
-        p.feed.start(p.caches, lambda ev, p=p: p.call(p.caller.deliver, ev))
-        p.call(p.caller.start, p.ctx)
+        p = started_proxy(ns, state, objs, flags)
         waits["route_cold_sync"] = settle()
         t0 = time.perf_counter()
         p.sync("initial")

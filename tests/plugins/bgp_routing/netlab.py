@@ -37,6 +37,11 @@ EXT_IP = f"{NET}.100"
 EXT_ASN = 64600
 
 
+def prefixes_24(n: int, base: int = 100) -> list[str]:
+    """``n`` distinct /24 prefixes from ``base``.0.0.0 on."""
+    return [f"{base + i // 65536}.{(i // 256) % 256}.{i % 256}.0/24" for i in range(n)]
+
+
 def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -203,6 +208,15 @@ class NetLab:
 
     def bird_routes(self) -> str:
         return self.birdc("show", "route", "all")
+
+    def peer_with_bird_announcing(self, node: LabNode, prefixes: list[str], timeout: float = 30) -> None:
+        """BIRD holding ``prefixes`` for ``node`` in its protocol ``announced`` (disabled: ``birdc enable
+        announced`` sends them all at once), the node's agent peering with BIRD by its peers annotation,
+        session established."""
+        self.start_bird([node], exports=prefixes, exports_disabled=True)
+        node.annotations = {"kube-router.io/peers": f"- remoteip: {EXT_IP}\n  remoteasn: 64600\n"}
+        self.start_agent(node)
+        self.wait_established(node, [EXT_IP], timeout=timeout)
 
     # ---------------------------------------------------------------------------- probes
     def ping(self, src: LabNode, dst_ip: str) -> bool:

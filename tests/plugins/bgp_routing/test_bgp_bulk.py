@@ -9,11 +9,7 @@ import os
 import signal
 import subprocess
 
-from .netlab import EXT_IP, LabNode, NetLab, wait_for
-
-
-def _prefixes(n: int, base: int = 100) -> list[str]:
-    return [f"{base + i // 65536}.{(i // 256) % 256}.{i % 256}.0/24" for i in range(n)]
+from .netlab import EXT_IP, LabNode, NetLab, prefixes_24, wait_for
 
 
 def _kernel(node: LabNode) -> set[str]:
@@ -25,11 +21,8 @@ def _kernel(node: LabNode) -> set[str]:
 def _lab(netlab_factory, n: int) -> tuple[NetLab, LabNode, list[str]]:  # type: ignore[no-untyped-def]
     lab = netlab_factory(1)
     node = lab.nodes[0]
-    prefixes = _prefixes(n)
-    lab.start_bird([node], exports=prefixes, exports_disabled=True)
-    node.annotations = {"kube-router.io/peers": f"- remoteip: {EXT_IP}\n  remoteasn: 64600\n"}
-    lab.start_agent(node)
-    lab.wait_established(node, [EXT_IP], timeout=30)
+    prefixes = prefixes_24(n)
+    lab.peer_with_bird_announcing(node, prefixes)
     return lab, node, prefixes
 
 
