@@ -19,8 +19,9 @@ import functools
 import hashlib
 import ipaddress
 import logging
-import subprocess
 from collections.abc import Sequence
+
+from kr_core.net.kmod import load_modules
 
 log = logging.getLogger("kr.bgp_routing.tunnels")
 
@@ -113,15 +114,6 @@ def fou_port_open(show_output: str, port: int, v6: bool) -> bool:
 
 @functools.cache
 def load_fou_modules() -> bool:
-    """``modprobe fou fou6`` once per process (kernel modules are global: any namespace's tunnels use them).
-
-    True when modprobe succeeded; a failure is logged and not retried (the tunnel command then says more).
-    """
-    try:
-        r = subprocess.run(["modprobe", "-a", *FOU_MODULES], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        log.warning("modprobe %s: %s", " ".join(FOU_MODULES), exc)
-        return False
-    if r.returncode != 0:
-        log.warning("modprobe %s: %s", " ".join(FOU_MODULES), r.stderr.strip())
-    return r.returncode == 0
+    """``fou`` and ``fou6`` loaded, once per process; a failure is logged and not retried (the tunnel command
+    then says more)."""
+    return load_modules(*FOU_MODULES)

@@ -40,6 +40,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from kr_core import Event, HealthReport, PluginConfigError, PluginContext, PluginInfo, Resource, Role, hookimpl
+from kr_core.net.kmod import load_modules
 
 from . import rules as R
 from .firewall import Firewall
@@ -83,14 +84,6 @@ class Config(BaseModel):
     healthcheck_address: str = ""
     #: how often the graceful-termination queue is checked, seconds
     graceful_check_interval: float = 5.0
-
-
-def _modprobe(*mods: str) -> None:
-    """Load kernel modules that are not loaded yet: one ``modprobe -a`` for all the missing ones (a process
-    launch from the agent is the expensive part), none when all are there."""
-    missing = [m for m in mods if not os.path.isdir(f"/sys/module/{m}")]
-    if missing:
-        subprocess.run(["modprobe", "-a", *missing], capture_output=True, check=False, timeout=30)
 
 
 class Plugin:
@@ -164,9 +157,9 @@ class Plugin:
         try:
             self.ipvs = Ipvs()
         except IpvsError:
-            _modprobe("ip_vs")
+            load_modules("ip_vs")
             self.ipvs = Ipvs()
-        _modprobe(*SCHED_MODULES)
+        load_modules(*SCHED_MODULES)
         self.host = Host()
         self.dummy_idx = self.host.ensure_dummy()
         self.host.set_sysctls()
